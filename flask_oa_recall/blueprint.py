@@ -1,0 +1,154 @@
+"""The callback route: verify, parse, keep, dispatch, answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Flask, Response, current_app, request
+from flask.sansio.blueprints import BlueprintSetupState
+from werkzeug.exceptions import ClientDisconnected
+
+from .delivery import new_delivery_id, run, start
+from .errors import CallbackRejected
+from .events import RECALL_COMMAND
+from .parsing import build_recall_event, parse_body, resolve_command
+from .responses import ok_response, reject_response
+from .security import canonical_query, check_sdk_app_id, check_signature
+from .signals import callback_rejected
+from .state import get_state, setup_app
+from .store import NewDelivery
+
+__all__ = ["create_blueprint"]
+
+logger = logging.getLogger(__name__)
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _read_body(limit: int) -> bytes:
+    """Read at most ``limit`` bytes, with or without a Content-Length."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise CallbackRejected("body_too_large")
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except ClientDisconnected:
+        raise CallbackRejected("incomplete_body") from None
+    if size > limit:
+        raise CallbackRejected("body_too_large")
+    return b"".join(chunks)
+
+
+def _reject(app: Flask, err: CallbackRejected) -> Response:
+    rejection = err.rejection
+    logger.info("rejected a callback (%s): %s", err.reason, err.info)
+    try:
+        callback_rejected.send(
+            app,
+            _async_wrapper=app.ensure_sync,
+            reason=err.reason,
+            error_code=rejection.error_code,
+            status=rejection.status,
+        )
+    except Exception:
+        logger.exception("a receiver of callback_rejected raised; ignored")
+    return reject_response(rejection, err.info)
+
+
+def callback() -> Response:
+    """Handle one request to the callback URL."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_state(app)
+    settings = state.settings(app.config)
+    try:
+        if request.method != "POST":
+            raise CallbackRejected("method_not_allowed")
+        raw = _read_body(settings.max_body_bytes)
+        query = canonical_query(request.args.items(multi=True))
+        sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
+        tokens = settings.tokens.get(sdk_app_id)
+        if tokens:
+            check_signature(query, tokens, time.time(), settings.max_skew_seconds)
+        body = parse_body(raw)
+        command = resolve_command(query, body)
+        received_at = time.time()
+        delivery_id = new_delivery_id(received_at)
+        event = None
+        if command == RECALL_COMMAND:
+            event = build_recall_event(body, query, sdk_app_id, delivery_id)
+    except CallbackRejected as err:
+        return _reject(app, err)
+
+    kept_query = {k: v for k, v in request.args.items() if k.lower() != "sign"}
+    delivery = NewDelivery(
+        id=delivery_id,
+        received_at=received_at,
+        sdk_app_id=sdk_app_id,
+        command=command,
+        query=kept_query,
+        body=raw.decode("utf-8"),
+        official_account=event.official_account if event else None,
+        msg_keys=event.msg_keys if event else (),
+    )
+    store = state.store(settings)
+    prepared = start(app, store, delivery, event, body, kept_query, settings.lease_seconds)
+
+    if settings.dispatch == "after_response" and prepared.kept:
+        response = ok_response()
+
+        def dispatch_after_response() -> None:
+            with app.app_context():
+                try:
+                    run(app, store, prepared, settings.slow_dispatch_seconds)
+                except Exception:
+                    logger.exception("dispatch of delivery %s failed; it stays kept", delivery_id)
+
+        response.call_on_close(dispatch_after_response)
+        return response
+
+    outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
+    if not prepared.kept and outcome.error is not None:
+        return _reject(app, CallbackRejected("delivery_not_kept"))
+    return ok_response()
+
+
+def not_found(rest: str = "") -> Response:
+    """Paths under the callback route that do not exist get the envelope too."""
+    return _reject(current_app._get_current_object(), CallbackRejected("not_found"))  # type: ignore[attr-defined]
+
+
+def _on_register(setup: BlueprintSetupState) -> None:
+    app = setup.app
+    assert isinstance(app, Flask)
+    setup_app(app)
+
+
+def create_blueprint(name: str = "oa_recall") -> Blueprint:
+    """Build the blueprint that serves the callback at its ``url_prefix``.
+
+    ``OARecall(app)`` registers it at ``OA_RECALL_PATH``; a host that mounts it itself picks
+    the prefix::
+
+        app.register_blueprint(create_blueprint(), url_prefix="/hooks/tencent")
+    """
+    bp = Blueprint(name, __name__)
+    bp.add_url_rule("", "callback", callback, methods=_METHODS, provide_automatic_options=False)
+    bp.add_url_rule("/", "not_found", not_found, methods=_METHODS, provide_automatic_options=False)
+    bp.add_url_rule(
+        "/<path:rest>",
+        "not_found_below",
+        not_found,
+        methods=_METHODS,
+        provide_automatic_options=False,
+    )
+    bp.record_once(_on_register)
+    return bp

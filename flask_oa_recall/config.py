@@ -1,0 +1,163 @@
+"""The ``OA_RECALL_*`` configuration keys: defaults, and validation into :class:`Settings`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DEFAULTS", "DISPATCH_MODES", "TENCENT_TIMEOUT_SECONDS", "Settings", "parse_settings"]
+
+#: How long Tencent waits for an answer before it gives up.
+TENCENT_TIMEOUT_SECONDS = 2.0
+
+#: ``OA_RECALL_DISPATCH`` values.
+DISPATCH_MODES = ("sync", "after_response")
+
+#: Defaults set with ``app.config.setdefault`` by ``init_app``.
+DEFAULTS: Mapping[str, Any] = {
+    "OA_RECALL_TOKENS": [],
+    "OA_RECALL_PATH": "/tencent-im/callback",
+    "OA_RECALL_MAX_SKEW_SECONDS": 60,
+    "OA_RECALL_MAX_BODY_BYTES": 64 * 1024,
+    "OA_RECALL_STORE": None,
+    "OA_RECALL_DISPATCH": "sync",
+    "OA_RECALL_SLOW_DISPATCH_SHARE": 0.5,
+    "OA_RECALL_LEASE_SECONDS": 60,
+}
+
+_KEYS = ("OA_RECALL_SDKAPPID", *DEFAULTS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration. Built from ``app.config`` by :func:`parse_settings`."""
+
+    sdk_app_ids: frozenset[int]
+    tokens: Mapping[int, tuple[str, ...]]
+    path: str
+    max_skew_seconds: float
+    max_body_bytes: int
+    store_url: str | None
+    dispatch: str
+    slow_dispatch_seconds: float
+    lease_seconds: float
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether any token is configured, i.e. ``Sign`` is checked."""
+        return any(self.tokens.values())
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"{key} must be an integer SdkAppid, got {type(value).__name__}.")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer SdkAppid, got {value!r}.") from None
+
+
+def _number(key: str, value: Any, *, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ValueError(f"{key} must be a number of at least {minimum}, got {value!r}.")
+    return float(value)
+
+
+def _token_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{key} must be a list of tokens, not a single string: wrap it in [...].")
+    tokens = tuple(value or ())
+    for token in tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"{key} holds an empty or non-string token.")
+    return tokens
+
+
+def _tokens(value: Any, sdk_app_ids: frozenset[int]) -> dict[int, tuple[str, ...]]:
+    key = "OA_RECALL_TOKENS"
+    if isinstance(value, Mapping):
+        tokens = {_int(key, k): _token_list(key, v) for k, v in value.items()}
+        strangers = sorted(set(tokens) - sdk_app_ids)
+        if strangers:
+            raise ValueError(
+                f"{key} names SdkAppid {strangers[0]}, which OA_RECALL_SDKAPPID lacks."
+            )
+        return {app_id: tokens.get(app_id, ()) for app_id in sdk_app_ids}
+    shared = _token_list(key, value)
+    return dict.fromkeys(sdk_app_ids, shared)
+
+
+def parse_settings(config: Mapping[str, Any]) -> Settings:
+    """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault."""
+    raw_ids = config.get("OA_RECALL_SDKAPPID")
+    if raw_ids is None or raw_ids == [] or raw_ids == "":
+        raise RuntimeError(
+            "OA_RECALL_SDKAPPID is not set: set it to your app's SDKAppID from the Chat console"
+            " (an int, or a list of ints)."
+        )
+    items = raw_ids if isinstance(raw_ids, list | tuple | set | frozenset) else [raw_ids]
+    sdk_app_ids = frozenset(_int("OA_RECALL_SDKAPPID", i) for i in items)
+
+    path = config.get("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"OA_RECALL_PATH must start with '/', got {path!r}.")
+    max_body = config.get("OA_RECALL_MAX_BODY_BYTES", DEFAULTS["OA_RECALL_MAX_BODY_BYTES"])
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+        raise ValueError(f"OA_RECALL_MAX_BODY_BYTES must be a positive int, got {max_body!r}.")
+    store = config.get("OA_RECALL_STORE")
+    if store is not None and not isinstance(store, str):
+        raise TypeError("OA_RECALL_STORE must be a URL string or None.")
+    dispatch = config.get("OA_RECALL_DISPATCH", DEFAULTS["OA_RECALL_DISPATCH"])
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(f"OA_RECALL_DISPATCH must be one of {DISPATCH_MODES}, got {dispatch!r}.")
+    share = _number(
+        "OA_RECALL_SLOW_DISPATCH_SHARE",
+        config.get("OA_RECALL_SLOW_DISPATCH_SHARE", DEFAULTS["OA_RECALL_SLOW_DISPATCH_SHARE"]),
+        minimum=0,
+    )
+    return Settings(
+        sdk_app_ids=sdk_app_ids,
+        tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),
+        path=path,
+        max_skew_seconds=_number(
+            "OA_RECALL_MAX_SKEW_SECONDS",
+            config.get("OA_RECALL_MAX_SKEW_SECONDS", DEFAULTS["OA_RECALL_MAX_SKEW_SECONDS"]),
+            minimum=0,
+        ),
+        max_body_bytes=max_body,
+        store_url=store,
+        dispatch=dispatch,
+        slow_dispatch_seconds=share * TENCENT_TIMEOUT_SECONDS,
+        lease_seconds=_number(
+            "OA_RECALL_LEASE_SECONDS",
+            config.get("OA_RECALL_LEASE_SECONDS", DEFAULTS["OA_RECALL_LEASE_SECONDS"]),
+            minimum=0.001,
+        ),
+    )
+
+
+class SettingsCache:
+    """Re-parses the settings only when one of the ``OA_RECALL_*`` values changed.
+
+    Config is read at request time (tests may change it after ``init_app``), but parsing it on
+    every request would be wasted work.
+    """
+
+    __slots__ = ("_raw", "_settings")
+
+    def __init__(self) -> None:
+        self._raw: tuple[Any, ...] | None = None
+        self._settings: Settings | None = None
+
+    def get(self, config: Mapping[str, Any]) -> Settings:
+        """The settings for ``config``'s current values."""
+        raw = tuple(config.get(k) for k in _KEYS)
+        if self._settings is None or raw != self._raw:
+            self._settings = parse_settings(config)
+            # Copies, so that later in-place edits of a list in config are noticed.
+            self._raw = tuple(
+                dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v
+                for v in raw
+            )
+        return self._settings

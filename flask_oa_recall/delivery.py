@@ -1,0 +1,108 @@
+"""Keep a delivery, dispatch it, record the outcome: for live requests and for replays."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+
+from .dispatch import dispatch
+from .errors import StoreError
+from .events import RECALL_COMMAND, RecallEvent
+from .parsing import build_callback, build_recall_event, parse_body
+from .security import canonical_query
+from .signals import store_failed
+from .store import Claim, Delivery, NewDelivery, Outcome, Store
+
+__all__ = ["Prepared", "finish", "new_delivery_id", "prepare_replay", "run", "start"]
+
+logger = logging.getLogger(__name__)
+
+
+def new_delivery_id(now: float) -> str:
+    """A unique id that sorts by arrival: milliseconds in hex, then randomness."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A delivery ready to dispatch: what is kept, what is claimed, what receivers get."""
+
+    delivery: NewDelivery
+    claim: Claim
+    kept: bool
+    event: RecallEvent | None
+    body: Mapping[str, Any]
+    query: Mapping[str, str]
+    attempt: int = 1
+
+
+def _store_failed(app: Flask, err: Exception, delivery_id: str, what: str) -> None:
+    logger.error("delivery %s could not be %s: %s", delivery_id, what, err)
+    try:
+        store_failed.send(
+            app, _async_wrapper=app.ensure_sync, exception=err, delivery_id=delivery_id
+        )
+    except Exception:
+        logger.exception("a receiver of store_failed raised; ignored")
+
+
+def start(
+    app: Flask,
+    store: Store,
+    delivery: NewDelivery,
+    event: RecallEvent | None,
+    body: Mapping[str, Any],
+    query: Mapping[str, str],
+    lease_seconds: float,
+) -> Prepared:
+    """Keep ``delivery`` and claim its messages. If the store fails, claim everything so the
+    receivers still run (dedup is lost, the recall is not)."""
+    try:
+        claim = store.begin(delivery, lease_seconds)
+        kept = True
+    except StoreError as err:
+        _store_failed(app, err, delivery.id, "kept")
+        claim = Claim(owned=dict.fromkeys(delivery.msg_keys, frozenset()))
+        kept = False
+    return Prepared(delivery, claim, kept, event, body, query)
+
+
+def run(app: Flask, store: Store, prepared: Prepared, slow_seconds: float) -> Outcome:
+    """Dispatch a prepared delivery and record the outcome."""
+    d = prepared.delivery
+    callback = build_callback(
+        d.command, prepared.body, prepared.query, d.sdk_app_id, d.id, d.received_at,
+        prepared.attempt,
+    )  # fmt: skip
+    outcome = dispatch(app, prepared.claim, callback, prepared.event, slow_seconds=slow_seconds)
+    if prepared.kept:
+        finish(app, store, d.id, prepared.claim, outcome)
+    return outcome
+
+
+def finish(app: Flask, store: Store, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
+    """Record ``outcome``; a store failure leaves the delivery pending, for ``replay``."""
+    try:
+        store.finish(delivery_id, claim, outcome)
+    except StoreError as err:
+        _store_failed(app, err, delivery_id, "marked finished; it stays pending")
+
+
+def prepare_replay(store: Store, delivery_id: str, lease_seconds: float) -> Prepared:
+    """Lease a kept delivery again and rebuild what its receivers get."""
+    kept, claim = store.resume(delivery_id, lease_seconds)
+    return _rebuild(kept, claim)
+
+
+def _rebuild(kept: Delivery, claim: Claim) -> Prepared:
+    body = parse_body(kept.body.encode("utf-8"))
+    event = None
+    if kept.command == RECALL_COMMAND:
+        canonical = canonical_query(kept.query.items())
+        event = build_recall_event(body, canonical, kept.sdk_app_id, kept.id)
+    return Prepared(kept, claim, True, event, body, kept.query, attempt=kept.attempts)

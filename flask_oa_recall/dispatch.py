@@ -1,0 +1,137 @@
+"""Running the host app's receivers: each on its own, each outcome recorded."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from blinker import Signal
+from flask import Flask
+
+from .events import Callback, RecallEvent
+from .signals import callback_received, messages_recalled, receiver_failed
+from .store import Claim, DeliveryStatus, Outcome
+
+__all__ = ["dispatch", "receiver_name"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_ERROR = 500
+
+
+def receiver_name(receiver: Callable[..., Any]) -> str:
+    """A receiver's stable dotted name, as kept in the store and shown by the CLI."""
+    module = getattr(receiver, "__module__", None) or "?"
+    qualname = getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _call(app: Flask, receiver: Callable[..., Any], **kwargs: Any) -> None:
+    if inspect.iscoroutinefunction(receiver):
+        receiver = app.ensure_sync(receiver)
+    receiver(app, **kwargs)
+
+
+def _report(app: Flask, name: str, signal_name: str, exc: Exception, delivery_id: str) -> None:
+    logger.error(
+        "receiver %s of %s failed for delivery %s",
+        name,
+        signal_name,
+        delivery_id,
+        exc_info=exc,
+    )
+    try:
+        receiver_failed.send(
+            app,
+            _async_wrapper=app.ensure_sync,
+            receiver=name,
+            signal_name=signal_name,
+            exception=exc,
+            delivery_id=delivery_id,
+        )
+    except Exception:
+        logger.exception("a receiver of receiver_failed raised; ignored")
+
+
+def _receivers(signal: Signal, app: Flask) -> list[Callable[..., Any]]:
+    if not signal.receivers:
+        return []
+    return list(signal.receivers_for(app))
+
+
+def dispatch(
+    app: Flask,
+    claim: Claim,
+    callback: Callback,
+    event: RecallEvent | None,
+    *,
+    slow_seconds: float,
+) -> Outcome:
+    """Send ``callback_received`` and, for a recall, ``messages_recalled`` to each receiver.
+
+    A receiver that already succeeded (per ``claim``) is skipped; one that raises is logged,
+    reported through ``receiver_failed`` and recorded, and the others still run.
+    """
+    started = time.perf_counter()
+    results: dict[str, str] = {}
+    succeeded: dict[str, set[str]] = {}
+    failed: set[str] = set()
+    first_error: str | None = None
+
+    for receiver in _receivers(callback_received, app):
+        name = "callback_received:" + receiver_name(receiver)
+        if name in claim.receivers_ok:
+            continue
+        try:
+            _call(app, receiver, callback=callback)
+        except Exception as exc:
+            results[name] = "failed"
+            first_error = first_error or f"{name}: {type(exc).__name__}: {exc}"[:_MAX_ERROR]
+            _report(app, name, "callback_received", exc, callback.delivery_id)
+        else:
+            results[name] = "ok"
+
+    if event is not None and claim.owned:
+        for receiver in _receivers(messages_recalled, app):
+            name = "messages_recalled:" + receiver_name(receiver)
+            keys = [k for k in event.msg_keys if k in claim.owned and name not in claim.owned[k]]
+            if not keys:
+                continue
+            given = event if len(keys) == len(event.messages) else event.only(set(keys))
+            try:
+                _call(app, receiver, event=given)
+            except Exception as exc:
+                results[name] = "failed"
+                failed.update(keys)
+                first_error = first_error or f"{name}: {type(exc).__name__}: {exc}"[:_MAX_ERROR]
+                _report(app, name, "messages_recalled", exc, callback.delivery_id)
+            else:
+                results[name] = "ok"
+                for key in keys:
+                    succeeded.setdefault(key, set()).add(name)
+
+    if first_error is not None:
+        status = DeliveryStatus.FAILED
+    elif event is not None and not claim.owned:
+        status = DeliveryStatus.DUPLICATE
+    else:
+        status = DeliveryStatus.DONE
+    elapsed = time.perf_counter() - started
+    if elapsed > slow_seconds:
+        logger.warning(
+            "dispatch of delivery %s took %.3f s, more than %.3f s of Tencent's 2 s budget;"
+            " consider OA_RECALL_DISPATCH='after_response' or handing work to a queue",
+            callback.delivery_id,
+            elapsed,
+            slow_seconds,
+        )
+    return Outcome(
+        status=status,
+        receivers=results,
+        succeeded={k: frozenset(v) for k, v in succeeded.items()},
+        failed=frozenset(failed),
+        error=first_error,
+    )

@@ -1,0 +1,99 @@
+"""From raw bytes and query to typed objects; shared by the view and by replay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import ValidationError
+
+from .errors import CallbackRejected
+from .events import RECALL_COMMAND, Callback, RecalledMessage, RecallEvent
+from .schemas import first_error, load_recall
+
+__all__ = ["build_callback", "build_recall_event", "parse_body", "resolve_command"]
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(name)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Decode ``raw`` as a UTF-8 JSON object, whatever the request's Content-Type said."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CallbackRejected("malformed_body") from None
+    if not isinstance(body, dict):
+        raise CallbackRejected("malformed_body", "The body is JSON but not an object.")
+    return body
+
+
+def resolve_command(query: Mapping[str, str], body: Mapping[str, Any]) -> str:
+    """The callback command: the query's, which the body must not contradict."""
+    in_query = query.get("CallbackCommand")
+    in_body = body.get("CallbackCommand")
+    if in_body is not None and not isinstance(in_body, str):
+        raise CallbackRejected("invalid_payload", "CallbackCommand: Not a valid string.")
+    if not in_query:
+        if not in_body:
+            raise CallbackRejected("missing_command")
+        return in_body
+    if in_body is not None and in_body != in_query:
+        raise CallbackRejected("command_mismatch")
+    if in_query == RECALL_COMMAND and in_body is None:
+        raise CallbackRejected(
+            "invalid_payload", "CallbackCommand: Missing data for required field."
+        )
+    return in_query
+
+
+def build_recall_event(
+    body: Mapping[str, Any], query: Mapping[str, str], sdk_app_id: int, delivery_id: str
+) -> RecallEvent:
+    """Load a recall body with the schemas into a :class:`RecallEvent`."""
+    try:
+        data = load_recall(body)
+    except ValidationError as err:
+        raise CallbackRejected("invalid_payload", first_error(err)) from None
+    unique: dict[str, RecalledMessage] = {}
+    for message in data["WithdrawMsgList"]:
+        unique.setdefault(message.msg_key, message)
+    ms: int = data["EventTime"]
+    return RecallEvent(
+        official_account=data["Official_Account"],
+        messages=tuple(unique.values()),
+        event_time=datetime.fromtimestamp(ms / 1000, tz=timezone.utc),
+        event_time_ms=ms,
+        sdk_app_id=sdk_app_id,
+        platform=query.get("OptPlatform"),
+        client_ip=query.get("ClientIP"),
+        raw=body,
+        delivery_id=delivery_id,
+    )
+
+
+def build_callback(
+    command: str,
+    body: Mapping[str, Any],
+    query: Mapping[str, str],
+    sdk_app_id: int,
+    delivery_id: str,
+    received_at: float,
+    attempt: int = 1,
+) -> Callback:
+    """The :class:`Callback` sent with ``callback_received``."""
+    canonical = {k.lower(): v for k, v in query.items()}
+    return Callback(
+        command=command,
+        body=body,
+        sdk_app_id=sdk_app_id,
+        delivery_id=delivery_id,
+        received_at=datetime.fromtimestamp(received_at, tz=timezone.utc),
+        query=query,
+        client_ip=canonical.get("clientip"),
+        platform=canonical.get("optplatform"),
+        attempt=attempt,
+    )

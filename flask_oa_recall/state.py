@@ -1,0 +1,88 @@
+"""The per-app state kept in ``app.extensions["oa_recall"]``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+
+from .config import DEFAULTS, Settings, SettingsCache
+from .store import Store, open_store
+
+__all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "setup_app"]
+
+EXTENSION_KEY = "oa_recall"
+
+logger = logging.getLogger("flask_oa_recall")
+
+
+class OARecallState:
+    """Settings (re-read from config when it changes) and the open store of one app."""
+
+    def __init__(self, app: Flask) -> None:
+        self.instance_path = app.instance_path
+        self._settings = SettingsCache()
+        self._stores: dict[str | None, Store] = {}
+        self._lock = threading.Lock()
+        self._warned_open = False
+
+    def settings(self, config: Any) -> Settings:
+        """The validated ``OA_RECALL_*`` settings for ``config`` as it is now."""
+        settings = self._settings.get(config)
+        if not settings.authenticates and not self._warned_open:
+            self._warned_open = True
+            logger.warning(
+                "OA_RECALL_TOKENS is empty: webhook authentication is off and anyone who can"
+                " reach the callback URL can make this app hide messages. Enable authentication"
+                " in the Chat console and set OA_RECALL_TOKENS."
+            )
+        return settings
+
+    def store(self, settings: Settings) -> Store:
+        """The store ``OA_RECALL_STORE`` names, opened once per URL."""
+        store = self._stores.get(settings.store_url)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(settings.store_url)
+                if store is None:
+                    store = open_store(settings.store_url, self.instance_path)
+                    self._stores[settings.store_url] = store
+        return store
+
+    def close(self) -> None:
+        """Close every store this state opened."""
+        with self._lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+
+
+def setup_app(app: Flask) -> OARecallState:
+    """Set the config defaults, validate the config and create the state; once per app."""
+    state = app.extensions.get(EXTENSION_KEY)
+    if isinstance(state, OARecallState):
+        return state
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value)
+    state = OARecallState(app)
+    settings = state.settings(app.config)
+    state.store(settings)  # an unknown OA_RECALL_STORE fails here, at start-up
+    app.extensions[EXTENSION_KEY] = state
+    from .cli import oa_recall_cli
+
+    if "oa-recall" not in app.cli.commands:
+        app.cli.add_command(oa_recall_cli)
+    return state
+
+
+def get_state(app: Flask) -> OARecallState:
+    """The state of ``app``; a clear error if the extension was not set up on it."""
+    state = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, OARecallState):
+        raise RuntimeError(
+            "flask_oa_recall is not set up on this app: call OARecall(app) or"
+            " register create_blueprint()."
+        )
+    return state

@@ -1,0 +1,121 @@
+"""``memory://``: deliveries kept in this process only. For tests and local experiments."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import replace
+
+from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from .logic import MessageState, merge_receivers, release, try_claim
+
+__all__ = ["MemoryStore"]
+
+MessageId = tuple[int, str, str]
+
+
+class MemoryStore:
+    """A thread-safe in-process store. Each gunicorn worker would have its own: tests only."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._deliveries: dict[str, Delivery] = {}
+        self._messages: dict[MessageId, MessageState] = {}
+
+    def _claim(self, delivery: Delivery, now: float, lease_seconds: float) -> Claim:
+        owned: dict[str, frozenset[str]] = {}
+        done: list[str] = []
+        busy: list[str] = []
+        oa = delivery.official_account or ""
+        for key in delivery.msg_keys:
+            state = self._messages.setdefault((delivery.sdk_app_id, oa, key), MessageState())
+            verdict = try_claim(state, delivery.id, now, lease_seconds)
+            if verdict == "owned":
+                owned[key] = frozenset(state.receivers_done)
+            else:
+                (done if verdict == "done" else busy).append(key)
+        ok = frozenset(n for n, r in delivery.receivers.items() if r == "ok")
+        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=ok)
+
+    def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
+        """Keep ``delivery`` and claim its messages."""
+        now = time.time()
+        kept = Delivery(**vars(delivery), updated_at=now, lease_until=now + lease_seconds)
+        with self._lock:
+            self._deliveries[kept.id] = kept
+            return self._claim(kept, now, lease_seconds)
+
+    def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
+        """Lease ``delivery_id`` again for a replay."""
+        now = time.time()
+        with self._lock:
+            kept = self._deliveries[delivery_id]
+            if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
+                raise DeliveryBusy(delivery_id)
+            kept = replace(
+                kept,
+                status=DeliveryStatus.PENDING,
+                attempts=kept.attempts + 1,
+                updated_at=now,
+                lease_until=now + lease_seconds,
+            )
+            self._deliveries[delivery_id] = kept
+            return kept, self._claim(kept, now, lease_seconds)
+
+    def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
+        """Record ``outcome`` and release the claims."""
+        with self._lock:
+            kept = self._deliveries[delivery_id]
+            oa = kept.official_account or ""
+            for key in claim.owned:
+                release(
+                    self._messages[(kept.sdk_app_id, oa, key)],
+                    delivery_id,
+                    outcome.succeeded.get(key, frozenset()),
+                    key in outcome.failed,
+                )
+            self._deliveries[delivery_id] = replace(
+                kept,
+                status=outcome.status,
+                receivers=merge_receivers(dict(kept.receivers), dict(outcome.receivers)),
+                last_error=outcome.error,
+                updated_at=time.time(),
+                lease_until=0.0,
+            )
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """One delivery, or ``None``."""
+        with self._lock:
+            return self._deliveries.get(delivery_id)
+
+    def deliveries(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Kept deliveries, newest first."""
+        with self._lock:
+            found = [d for d in self._deliveries.values() if not statuses or d.status in statuses]
+        found.sort(key=lambda d: d.received_at, reverse=True)
+        return found[:limit]
+
+    def prune(self, *, before: float, include_failed: bool = False) -> int:
+        """Drop finished deliveries received before ``before``."""
+        finished = {DeliveryStatus.DONE, DeliveryStatus.DUPLICATE}
+        if include_failed:
+            finished.add(DeliveryStatus.FAILED)
+        with self._lock:
+            doomed = [
+                d.id
+                for d in self._deliveries.values()
+                if d.received_at < before and d.status in finished
+            ]
+            for delivery_id in doomed:
+                del self._deliveries[delivery_id]
+        return len(doomed)
+
+    def ping(self) -> None:
+        """Always reachable."""
+
+    def close(self) -> None:
+        """Nothing to release."""

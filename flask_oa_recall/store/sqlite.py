@@ -1,0 +1,307 @@
+"""The default store: one SQLite file (WAL), shared by every worker process on one host."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+from ..errors import StoreError
+from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from .logic import MessageState, merge_receivers, release, try_claim
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS oa_recall_deliveries (
+    id TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sdk_app_id INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    query TEXT NOT NULL,
+    body TEXT NOT NULL,
+    official_account TEXT,
+    msg_keys TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    receivers TEXT NOT NULL,
+    last_error TEXT,
+    lease_until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS oa_recall_deliveries_status
+    ON oa_recall_deliveries (status, received_at);
+CREATE INDEX IF NOT EXISTS oa_recall_deliveries_received
+    ON oa_recall_deliveries (received_at);
+CREATE TABLE IF NOT EXISTS oa_recall_messages (
+    sdk_app_id INTEGER NOT NULL,
+    official_account TEXT NOT NULL,
+    msg_key TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    owner TEXT,
+    lease_until REAL NOT NULL,
+    receivers_done TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sdk_app_id, official_account, msg_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS oa_recall_meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_COLUMNS = (
+    "id, received_at, updated_at, sdk_app_id, command, query, body, official_account,"
+    " msg_keys, status, attempts, receivers, last_error, lease_until"
+)
+
+
+def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
+    (id_, received, updated, app_id, command, query, body, oa, keys, status, attempts,
+     receivers, error, lease) = row  # fmt: skip
+    return Delivery(
+        id=id_,
+        received_at=received,
+        sdk_app_id=app_id,
+        command=command,
+        query=json.loads(query),
+        body=body,
+        official_account=oa,
+        msg_keys=tuple(json.loads(keys)),
+        status=status,
+        attempts=attempts,
+        receivers=json.loads(receivers),
+        last_error=error,
+        updated_at=updated,
+        lease_until=lease,
+    )
+
+
+class SQLiteStore:
+    """Deliveries in a SQLite file.
+
+    Each thread of each process opens its own connection (connections must not cross a fork).
+    Writes are ``BEGIN IMMEDIATE`` transactions, so claims are atomic across gunicorn workers;
+    WAL with ``synchronous=NORMAL`` survives a killed process, not a power cut.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._initialised = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._initialised:
+                conn.executescript(_SCHEMA)
+                self._initialised = True
+        except (sqlite3.Error, OSError) as err:
+            raise StoreError(f"cannot open SQLite store {self.path}: {err}") from err
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._connect())
+        except sqlite3.Error as err:
+            raise StoreError(f"SQLite store {self.path}: {err}") from err
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise StoreError(f"SQLite store {self.path}: {err}") from err
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as err:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(f"SQLite store {self.path}: {err}") from err
+            raise
+
+    def _claim(
+        self, conn: sqlite3.Connection, delivery: Delivery, now: float, lease_seconds: float
+    ) -> Claim:
+        owned: dict[str, frozenset[str]] = {}
+        done: list[str] = []
+        busy: list[str] = []
+        oa = delivery.official_account or ""
+        for key in delivery.msg_keys:
+            row = conn.execute(
+                "SELECT done, owner, lease_until, receivers_done FROM oa_recall_messages"
+                " WHERE sdk_app_id = ? AND official_account = ? AND msg_key = ?",
+                (delivery.sdk_app_id, oa, key),
+            ).fetchone()
+            state = (
+                MessageState(bool(row[0]), row[1], row[2], set(json.loads(row[3])))
+                if row
+                else MessageState()
+            )
+            verdict = try_claim(state, delivery.id, now, lease_seconds)
+            if verdict == "owned":
+                owned[key] = frozenset(state.receivers_done)
+                conn.execute(
+                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (delivery.sdk_app_id, oa, key, 0, delivery.id, state.lease_until,
+                     json.dumps(sorted(state.receivers_done)), now),
+                )  # fmt: skip
+            else:
+                (done if verdict == "done" else busy).append(key)
+        ok = frozenset(n for n, r in delivery.receivers.items() if r == "ok")
+        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=ok)
+
+    def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
+        """Keep ``delivery`` and claim its messages in one transaction."""
+        now = time.time()
+        kept = Delivery(**vars(delivery), updated_at=now, lease_until=now + lease_seconds)
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO oa_recall_deliveries ({_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kept.id, kept.received_at, now, kept.sdk_app_id, kept.command,
+                 json.dumps(dict(kept.query)), kept.body, kept.official_account,
+                 json.dumps(list(kept.msg_keys)), kept.status, kept.attempts, "{}", None,
+                 kept.lease_until),
+            )  # fmt: skip
+            return self._claim(conn, kept, now, lease_seconds)
+
+    def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
+        """Lease ``delivery_id`` again for a replay."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM oa_recall_deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(delivery_id)
+            kept = _row_to_delivery(row)
+            if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
+                raise DeliveryBusy(delivery_id)
+            conn.execute(
+                "UPDATE oa_recall_deliveries SET status = ?, attempts = attempts + 1,"
+                " updated_at = ?, lease_until = ? WHERE id = ?",
+                (DeliveryStatus.PENDING, now, now + lease_seconds, delivery_id),
+            )
+            kept = Delivery(
+                **{**vars(kept), "status": DeliveryStatus.PENDING,
+                   "attempts": kept.attempts + 1, "lease_until": now + lease_seconds},
+            )  # fmt: skip
+            return kept, self._claim(conn, kept, now, lease_seconds)
+
+    def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
+        """Record ``outcome`` and release the claims in one transaction."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT sdk_app_id, official_account, receivers FROM oa_recall_deliveries"
+                " WHERE id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"delivery {delivery_id} vanished from the store")
+            app_id, oa, receivers = row
+            for key in claim.owned:
+                found = conn.execute(
+                    "SELECT done, owner, lease_until, receivers_done FROM oa_recall_messages"
+                    " WHERE sdk_app_id = ? AND official_account = ? AND msg_key = ?",
+                    (app_id, oa or "", key),
+                ).fetchone()
+                state = (
+                    MessageState(bool(found[0]), found[1], found[2], set(json.loads(found[3])))
+                    if found
+                    else MessageState()
+                )
+                release(
+                    state,
+                    delivery_id,
+                    outcome.succeeded.get(key, frozenset()),
+                    key in outcome.failed,
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (app_id, oa or "", key, int(state.done), state.owner, state.lease_until,
+                     json.dumps(sorted(state.receivers_done)), now),
+                )  # fmt: skip
+            merged = merge_receivers(json.loads(receivers), dict(outcome.receivers))
+            conn.execute(
+                "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
+                " updated_at = ?, lease_until = 0 WHERE id = ?",
+                (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
+            )
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """One delivery, or ``None``."""
+        row = self._read(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM oa_recall_deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        )
+        return _row_to_delivery(row) if row else None
+
+    def deliveries(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Kept deliveries, newest first."""
+        sql = f"SELECT {_COLUMNS} FROM oa_recall_deliveries"
+        params: list[Any] = []
+        if statuses:
+            sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            params.extend(statuses)
+        sql += " ORDER BY received_at DESC LIMIT ?"
+        params.append(limit)
+        rows = self._read(lambda c: c.execute(sql, params).fetchall())
+        return [_row_to_delivery(r) for r in rows]
+
+    def prune(self, *, before: float, include_failed: bool = False) -> int:
+        """Drop finished deliveries received before ``before``, and finished message states."""
+        statuses = [DeliveryStatus.DONE, DeliveryStatus.DUPLICATE]
+        if include_failed:
+            statuses.append(DeliveryStatus.FAILED)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM oa_recall_deliveries WHERE received_at < ?"
+                f" AND status IN ({', '.join('?' * len(statuses))})",
+                (before, *statuses),
+            )
+            conn.execute(
+                "DELETE FROM oa_recall_messages WHERE done = 1 AND updated_at < ?", (before,)
+            )
+            return cursor.rowcount
+
+    def ping(self) -> None:
+        """Check that the file can be read and written."""
+        with self._write() as conn:
+            conn.execute("SELECT count(*) FROM oa_recall_deliveries").fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO oa_recall_meta VALUES ('pinged_at', ?)", (time.time(),)
+            )
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,77 @@
+"""Shared fixtures: apps configured for the extension, and access to the real Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_oa_recall import OARecall
+
+SDK_APP_ID = 1400000000
+TOKEN = "xxxxyyyy"
+REDIS_URL = os.environ.get("OA_RECALL_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> AppFactory:
+    """Build a fresh app with the extension; keyword arguments become ``OA_RECALL_*`` config."""
+
+    def factory(**config: Any) -> Flask:
+        app = Flask("host_app", instance_path=str(tmp_path / "instance"))
+        app.config.update(
+            TESTING=True,
+            OA_RECALL_SDKAPPID=SDK_APP_ID,
+            OA_RECALL_TOKENS=[TOKEN],
+            OA_RECALL_STORE="memory://",
+        )
+        app.config.update({f"OA_RECALL_{k.upper()}": v for k, v in config.items()})
+        OARecall(app)
+        return app
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    """The app pytest-flask's ``client`` fixture uses: signed, in-memory store."""
+    return make_app()
+
+
+def redis_available(url: str = REDIS_URL) -> str | None:
+    """``None`` if Redis answers at ``url``, else why not."""
+    try:
+        import redis
+    except ImportError:
+        return "the redis client is not installed"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception as err:
+        return f"Redis is unreachable at {url}: {err}"
+    return None
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of this test suite's own (13), flushed after each test.
+
+    Skips when Redis is unreachable, except under CI (``CI=true``), where it fails.
+    """
+    why = redis_available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs Redis: {why}")
+        pytest.skip(why)
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    yield REDIS_URL
+    for key in client.scan_iter("oa-recall-test*"):
+        client.delete(key)
+    client.close()
