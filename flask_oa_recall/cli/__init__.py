@@ -1,8 +1,7 @@
-"""The ``flask oa-recall`` command group."""
+"""The ``flask oa-recall`` command group; one module per command family."""
 
 from __future__ import annotations
 
-import click
 from flask.cli import AppGroup
 
 __all__ = ["oa_recall_cli"]
@@ -11,8 +10,5 @@ oa_recall_cli = AppGroup(
     "oa-recall", help="Tencent Cloud Chat callbacks: deliveries, replay, checks."
 )
 
-
-@oa_recall_cli.command("deliveries")
-def deliveries_command() -> None:
-    """List kept deliveries."""
-    click.echo("not yet")
+# The command modules add themselves to the group on import.
+from . import deliveries  # noqa: E402, F401
