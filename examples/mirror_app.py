@@ -1,0 +1,129 @@
+"""A host app: a SQLite mirror of Official Account messages that honours recalls.
+
+It mirrors messages from ``OfficialAccount.CallbackAfterSendMsg`` and marks them recalled on
+``OfficialAccount.CallbackAfterMsgWithDraw``. ``GET /messages`` lists the mirror.
+
+Configuration comes from the environment:
+
+- ``OA_RECALL_SDKAPPID``: your SDKAppID (default 1400000000, for trying it out);
+- ``OA_RECALL_TOKENS``: comma-separated callback tokens (default ``change-me``; empty turns
+  authentication off, which logs a warning);
+- ``OA_RECALL_STORE``: where deliveries are kept (default: SQLite in the instance folder);
+- ``MIRROR_DATABASE``: the mirror's SQLite file (default: ``mirror.sqlite3`` in the
+  instance folder).
+
+Run it with ``gunicorn -c examples/gunicorn.conf.py`` from the project's root.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from flask import Flask, jsonify
+
+from flask_oa_recall import Callback, OARecall, RecallEvent, callback_received, messages_recalled
+
+SEED = [
+    ("@TOA#_news", "71_1_1698741698", "Welcome to the news channel."),
+    ("@TOA#_news", "72_1_1698741760", "Draft: results are in (sent too early)."),
+    ("@TOA#_news", "73_1_1698741822", "Tomorrow's weather: sunny."),
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    official_account TEXT NOT NULL,
+    msg_key TEXT NOT NULL,
+    text TEXT NOT NULL,
+    recalled_at TEXT,
+    PRIMARY KEY (official_account, msg_key)
+);
+"""
+
+
+def _database(app: Flask) -> sqlite3.Connection:
+    conn = sqlite3.connect(app.config["MIRROR_DATABASE"], timeout=10, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
+
+
+def _init_database(app: Flask) -> None:
+    os.makedirs(os.path.dirname(app.config["MIRROR_DATABASE"]), exist_ok=True)
+    conn = _database(app)
+    try:
+        conn.executescript(SCHEMA)
+        conn.executemany(
+            "INSERT OR IGNORE INTO messages (official_account, msg_key, text) VALUES (?, ?, ?)",
+            SEED,
+        )
+    finally:
+        conn.close()
+
+
+def on_recall(app: Flask, event: RecallEvent, **_: Any) -> None:
+    """Hide every recalled message in the mirror; running twice changes nothing."""
+    conn = _database(app)
+    try:
+        conn.executemany(
+            "UPDATE messages SET recalled_at = ? WHERE official_account = ? AND msg_key = ?"
+            " AND recalled_at IS NULL",
+            [(event.event_time.isoformat(), event.official_account, k) for k in event.msg_keys],
+        )
+    finally:
+        conn.close()
+    app.logger.info("recalled %d message(s) of %s", len(event.msg_keys), event.official_account)
+
+
+def on_callback(app: Flask, callback: Callback, **_: Any) -> None:
+    """Mirror sent messages (their text elements) from ``CallbackAfterSendMsg``."""
+    if callback.command != "OfficialAccount.CallbackAfterSendMsg":
+        return
+    body = callback.body
+    text = " ".join(
+        str(element.get("MsgContent", {}).get("Text", ""))
+        for element in body.get("MsgBody", [])
+        if isinstance(element, dict) and element.get("MsgType") == "TIMTextElem"
+    )
+    conn = _database(app)
+    try:
+        conn.execute(
+            "INSERT OR IGNORE INTO messages (official_account, msg_key, text) VALUES (?, ?, ?)",
+            (body.get("Official_Account", ""), body.get("MsgKey", ""), text),
+        )
+    finally:
+        conn.close()
+
+
+def create_app() -> Flask:
+    """Build the example app from environment variables."""
+    app = Flask(__name__)
+    tokens = os.environ.get("OA_RECALL_TOKENS", "change-me")
+    app.config.update(
+        OA_RECALL_SDKAPPID=int(os.environ.get("OA_RECALL_SDKAPPID", "1400000000")),
+        OA_RECALL_TOKENS=[t.strip() for t in tokens.split(",") if t.strip()],
+        OA_RECALL_STORE=os.environ.get("OA_RECALL_STORE") or None,
+        MIRROR_DATABASE=os.environ.get(
+            "MIRROR_DATABASE", os.path.join(app.instance_path, "mirror.sqlite3")
+        ),
+    )
+    OARecall(app)
+    _init_database(app)
+    messages_recalled.connect(on_recall, app, weak=False)
+    callback_received.connect(on_callback, app, weak=False)
+
+    @app.get("/messages")
+    def list_messages() -> Any:
+        """The mirror, read-only: recalled messages carry ``recalled_at``."""
+        conn = _database(app)
+        try:
+            rows = conn.execute(
+                "SELECT official_account, msg_key, text, recalled_at FROM messages"
+                " ORDER BY official_account, msg_key"
+            ).fetchall()
+        finally:
+            conn.close()
+        keys = ("official_account", "msg_key", "text", "recalled_at")
+        return jsonify([dict(zip(keys, row, strict=True)) for row in rows])
+
+    return app
