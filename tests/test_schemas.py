@@ -1,0 +1,75 @@
+"""The marshmallow schemas: tolerant of Tencent's quirks, strict where it matters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from marshmallow import ValidationError
+
+from flask_oa_recall.events import RecalledMessage
+from flask_oa_recall.schemas import first_error, load_recall
+
+
+def body(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "CallbackCommand": "OfficialAccount.CallbackAfterMsgWithDraw",
+        "Official_Account": "@TOA#_1",
+        "WithdrawMsgList": [{"MsgKey": "71_1_1698741698"}],
+        "EventTime": 1670574414123,
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def test_event_time_as_numeric_string_is_accepted() -> None:
+    assert load_recall(body(EventTime="1670574414123"))["EventTime"] == 1670574414123
+
+
+def test_unknown_fields_are_kept_not_rejected() -> None:
+    data = load_recall(body(Operator_Account="admin", WithdrawMsgList=[{"MsgKey": "k", "X": 1}]))
+    assert data["Operator_Account"] == "admin"
+    assert data["WithdrawMsgList"] == [RecalledMessage("k", {"X": 1})]
+    assert data["WithdrawMsgList"][0].extra == {"X": 1}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"EventTime": True}, "EventTime"),
+        ({"EventTime": -1}, "EventTime"),
+        ({"EventTime": 10**20}, "EventTime"),
+        ({"EventTime": "12x"}, "EventTime"),
+        ({"EventTime": 1.5}, "EventTime"),
+        ({"EventTime": ...}, "EventTime"),
+        ({"Official_Account": ""}, "Official_Account"),
+        ({"Official_Account": 5}, "Official_Account"),
+        ({"WithdrawMsgList": []}, "WithdrawMsgList"),
+        ({"WithdrawMsgList": [{}]}, "WithdrawMsgList"),
+        ({"WithdrawMsgList": [{"MsgKey": ""}]}, "WithdrawMsgList"),
+        ({"WithdrawMsgList": "71_1_1"}, "WithdrawMsgList"),
+    ],
+    ids=[
+        "time-bool",
+        "time-negative",
+        "time-huge",
+        "time-letters",
+        "time-float",
+        "time-missing",
+        "oa-empty",
+        "oa-number",
+        "list-empty",
+        "entry-no-key",
+        "entry-empty-key",
+        "list-string",
+    ],
+)
+def test_broken_field_is_named_in_the_error(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load_recall(body(**changes))
+    assert first_error(caught.value).startswith(field)
+
+
+def test_server_time_is_read_from_a_standard_msg_key() -> None:
+    assert RecalledMessage("71_1_1698741698").server_time == 1698741698
+    assert RecalledMessage("opaque").server_time is None
