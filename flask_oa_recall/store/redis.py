@@ -1,0 +1,538 @@
+"""``redis://``: deliveries kept in Redis, shared by every worker on every host.
+
+Keys (``P`` is the prefix, ``oa-recall`` unless the URL says ``?prefix=...``); the braces are a
+Redis Cluster hash tag, so every key of one store lives in one slot and the scripts may touch
+them together:
+
+- ``{P}:d:<id>``: a hash per delivery;
+- ``{P}:m:<["sdk",oa,msgkey] as JSON>``: a hash per recalled message (done, owner, lease_until,
+  receivers_done, updated_at); JSON keeps it unambiguous whatever the Official_Account holds;
+- ``{P}:all`` and ``{P}:s:<status>``: sorted sets of delivery ids by ``received_at``;
+- ``{P}:mdone``: finished messages by ``updated_at``, for ``prune``;
+- ``{P}:ping``: written by ``ping``.
+
+``begin``, ``finish`` and ``resume`` are Lua scripts, so each is one atomic step on the server,
+and leases are judged by the Redis server's clock (``TIME``), the one clock every host shares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import StoreError
+from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+
+__all__ = ["DEFAULT_PREFIX", "RedisStore"]
+
+#: The key prefix used when the URL has no ``prefix`` query parameter.
+DEFAULT_PREFIX = "oa-recall"
+
+#: How long connecting may take: a dead Redis must not eat Tencent's 2 s budget.
+CONNECT_TIMEOUT_SECONDS = 1.0
+#: How long one command may wait for its answer.
+READ_TIMEOUT_SECONDS = 2.0
+
+_PRUNE_BATCH = 500
+
+_STATUS_KEYS = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.DONE,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.DUPLICATE,
+)
+
+# Helpers shared by the scripts. Times are strings with microseconds ("%.6f"), never Lua
+# numbers, because a Lua number returned to the client is truncated to an integer.
+_LUA_COMMON = """
+local function now_time()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+local function status_index(status)
+  if status == 'pending' then return 1 end
+  if status == 'done' then return 2 end
+  if status == 'failed' then return 3 end
+  if status == 'duplicate' then return 4 end
+  return nil
+end
+
+-- Claim every key of `keys` for delivery `id` (logic.try_claim).
+-- Returns {verdict, receivers_done JSON, ...} in key order.
+local function claim(keys, id, now, lease)
+  local out = {}
+  for _, key in ipairs(keys) do
+    local s = redis.call('HMGET', key, 'done', 'owner', 'lease_until', 'receivers_done')
+    if s[1] == '1' then
+      out[#out + 1] = 'done'
+      out[#out + 1] = ''
+    elseif s[2] and s[2] ~= id and (tonumber(s[3]) or 0) > now then
+      out[#out + 1] = 'busy'
+      out[#out + 1] = ''
+    else
+      local rd = s[4] or '[]'
+      redis.call('HSET', key, 'done', '0', 'owner', id, 'lease_until', fmt(now + lease),
+        'receivers_done', rd, 'updated_at', fmt(now))
+      out[#out + 1] = 'owned'
+      out[#out + 1] = rd
+    end
+  end
+  return out
+end
+
+-- The Redis keys of the delivery's messages, in msg_keys order, from the kept fields.
+local function message_keys(delivery, prefix)
+  local d = redis.call('HMGET', delivery, 'msg_keys', 'members')
+  local members = cjson.decode(d[2])
+  local keys = {}
+  for i, msg_key in ipairs(cjson.decode(d[1])) do
+    keys[i] = prefix .. members[msg_key]
+  end
+  return keys
+end
+"""
+
+# KEYS: delivery, all, pending, message keys...
+# ARGV: id, lease seconds, received_at, field, value, ...
+_BEGIN = (
+    _LUA_COMMON
+    + """
+local id = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('delivery ' .. id .. ' is already kept')
+end
+local now = now_time()
+local lease = tonumber(ARGV[2])
+local fields = {'status', 'pending', 'attempts', '1', 'receivers', '{}',
+  'updated_at', fmt(now), 'lease_until', fmt(now + lease)}
+for i = 4, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[3], id)
+redis.call('ZADD', KEYS[3], ARGV[3], id)
+local keys = {}
+for i = 4, #KEYS do keys[#keys + 1] = KEYS[i] end
+return claim(keys, id, now, lease)
+"""
+)
+
+# KEYS: delivery, pending, done, failed, duplicate
+# ARGV: id, lease seconds, message key prefix
+# Returns {'missing'}, {'busy'} or {'ok', claim, delivery hash as a flat list}.
+_RESUME = (
+    _LUA_COMMON
+    + """
+local id = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing'}
+end
+local now = now_time()
+local lease = tonumber(ARGV[2])
+local s = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'received_at')
+if s[1] == 'pending' and (tonumber(s[2]) or 0) > now then
+  return {'busy'}
+end
+local old = status_index(s[1])
+if old then
+  redis.call('ZREM', KEYS[1 + old], id)
+end
+redis.call('ZADD', KEYS[2], s[3], id)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', fmt(now),
+  'lease_until', fmt(now + lease))
+local out = claim(message_keys(KEYS[1], ARGV[3]), id, now, lease)
+return {'ok', out, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: delivery, pending, done, failed, duplicate, mdone
+# ARGV: id, status, receivers JSON, has error ('0'/'1'), error, message key prefix,
+#       then per owned MsgKey: the MsgKey, succeeded JSON list, failed ('0'/'1')
+_FINISH = (
+    _LUA_COMMON
+    + """
+local id = ARGV[1]
+local new = status_index(ARGV[2])
+if not new then
+  return redis.error_reply('unknown delivery status ' .. ARGV[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('delivery ' .. id .. ' vanished from the store')
+end
+local members = cjson.decode(redis.call('HGET', KEYS[1], 'members'))
+for j = 7, #ARGV, 3 do
+  if not members[ARGV[j]] then
+    return redis.error_reply('MsgKey ' .. ARGV[j] .. ' is not in delivery ' .. id)
+  end
+end
+local now = now_time()
+
+local function encode_set(set)
+  local list = {}
+  for name in pairs(set) do list[#list + 1] = name end
+  if #list == 0 then return '[]' end
+  table.sort(list)
+  return cjson.encode(list)
+end
+
+for j = 7, #ARGV, 3 do
+  local member = members[ARGV[j]]
+  local key = ARGV[6] .. member
+  local s = redis.call('HMGET', key, 'done', 'owner', 'lease_until', 'receivers_done')
+  local names = {}
+  for _, name in ipairs(cjson.decode(s[4] or '[]')) do names[name] = true end
+  for _, name in ipairs(cjson.decode(ARGV[j + 1])) do names[name] = true end
+  local done = s[1] == '1' or ARGV[j + 2] == '0'
+  local lease_until = s[3] or '0'
+  if s[2] == id then
+    redis.call('HDEL', key, 'owner')
+    lease_until = '0'
+  end
+  redis.call('HSET', key, 'done', done and '1' or '0', 'lease_until', lease_until,
+    'receivers_done', encode_set(names), 'updated_at', fmt(now))
+  if done then
+    redis.call('ZADD', KEYS[6], fmt(now), member)
+  end
+end
+
+local d = redis.call('HMGET', KEYS[1], 'status', 'received_at', 'receivers')
+local old = status_index(d[1])
+if old then
+  redis.call('ZREM', KEYS[1 + old], id)
+end
+redis.call('ZADD', KEYS[1 + new], d[2], id)
+local merged = cjson.decode(d[3] or '{}')
+for name, result in pairs(cjson.decode(ARGV[3])) do
+  if merged[name] ~= 'ok' then merged[name] = result end
+end
+local receivers = '{}'
+if next(merged) ~= nil then receivers = cjson.encode(merged) end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'receivers', receivers,
+  'updated_at', fmt(now), 'lease_until', '0')
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], 'last_error')
+end
+return 'OK'
+"""
+)
+
+# KEYS: all, mdone, the status sets to prune...
+# ARGV: before (exclusive score), batch size, delivery key prefix, message key prefix
+# Returns {deliveries removed, messages removed}; the caller repeats until both are 0.
+_PRUNE = """
+local max = '(' .. ARGV[1]
+local batch = tonumber(ARGV[2])
+local deliveries = 0
+for i = 3, #KEYS do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', max, 'LIMIT', 0, batch)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', ARGV[3] .. id)
+    redis.call('ZREM', KEYS[i], id)
+    redis.call('ZREM', KEYS[1], id)
+    deliveries = deliveries + 1
+  end
+end
+local messages = 0
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', max, 'LIMIT', 0, batch)
+for _, member in ipairs(members) do
+  redis.call('DEL', ARGV[4] .. member)
+  redis.call('ZREM', KEYS[2], member)
+  messages = messages + 1
+end
+return {deliveries, messages}
+"""
+
+
+def _score(value: float) -> str:
+    """A float as Redis reads a score."""
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return repr(float(value))
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """Take ``prefix`` out of the URL's query: redis-py would pass it on as a connection option."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    rest = [(name, value) for name, value in query if name != "prefix"]
+    if len(prefixes) > 1:
+        raise ValueError(f"Redis store URL gives 'prefix' {len(prefixes)} times; give it once.")
+    prefix = prefixes[0] if prefixes else DEFAULT_PREFIX
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(
+            f"Redis store prefix {prefix!r} must be non-empty and hold no '{{' or '}}'"
+            " (the store wraps it in braces as a Redis Cluster hash tag)."
+        )
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def _to_delivery(fields: Mapping[str, str]) -> Delivery:
+    return Delivery(
+        id=fields["id"],
+        received_at=float(fields["received_at"]),
+        sdk_app_id=int(fields["sdk_app_id"]),
+        command=fields["command"],
+        query=json.loads(fields["query"]),
+        body=fields["body"],
+        official_account=fields.get("official_account"),
+        msg_keys=tuple(json.loads(fields["msg_keys"])),
+        status=fields["status"],
+        attempts=int(fields["attempts"]),
+        receivers=json.loads(fields["receivers"]),
+        last_error=fields.get("last_error"),
+        updated_at=float(fields["updated_at"]),
+        lease_until=float(fields["lease_until"]),
+    )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _receivers_ok(receivers: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name for name, result in receivers.items() if result == "ok")
+
+
+class RedisStore:
+    """Deliveries in Redis, for apps that run on several hosts behind a load balancer.
+
+    :param url: ``redis://[[user]:password@]host[:port][/db][?prefix=name&...]``,
+        ``rediss://...`` (TLS) or ``unix:///path/to/redis.sock[?db=n&prefix=name]``. Query
+        parameters other than ``prefix`` are redis-py connection options, e.g.
+        ``socket_timeout=0.5``; they override this store's defaults (connect 1 s, read 2 s).
+
+    Commands are not retried: a script whose answer was lost may have run, and running
+    ``begin`` twice is not the same as running it once. The connection pool notices a
+    connection the server closed and opens a new one, and it is safe across ``fork`` (each
+    gunicorn worker gets connections of its own).
+    """
+
+    def __init__(self, url: str) -> None:
+        client_url, self.prefix = _split_url(url)
+        self.url = _masked(url)
+        self._client: redis.Redis = redis.Redis.from_url(
+            client_url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=READ_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        pool = self._client.connection_pool
+        kwargs = pool.connection_kwargs
+        self._password: str | None = kwargs.get("password")
+        if "path" in kwargs:
+            self._where = f"{kwargs['path']} db {kwargs.get('db', 0)}"
+        else:
+            where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            self._where = f"{where} db {kwargs.get('db', 0)}"
+        try:
+            # Building (not connecting) a connection checks the URL's options now, at start-up,
+            # rather than inside the first request.
+            pool.connection_class(**kwargs)
+        except TypeError as err:
+            raise ValueError(f"Redis store URL {self.url!r} has an unknown option: {err}") from err
+        tag = "{" + self.prefix + "}"
+        self._delivery_prefix = f"{tag}:d:"
+        self._message_prefix = f"{tag}:m:"
+        self._all = f"{tag}:all"
+        self._mdone = f"{tag}:mdone"
+        self._ping = f"{tag}:ping"
+        self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
+        self._begin = self._client.register_script(_BEGIN)
+        self._resume = self._client.register_script(_RESUME)
+        self._finish = self._client.register_script(_FINISH)
+        self._prune = self._client.register_script(_PRUNE)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self._where} prefix={self.prefix!r}>"
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn every redis-py error into a :class:`StoreError` naming the server, not secrets."""
+        try:
+            yield
+        except redis.RedisError as err:
+            detail = f"{type(err).__name__}: {err}"
+            if self._password:
+                detail = detail.replace(self._password, "***")
+            raise StoreError(f"Redis store at {self._where} could not {what}: {detail}") from err
+
+    def _delivery_key(self, delivery_id: str) -> str:
+        return self._delivery_prefix + delivery_id
+
+    @staticmethod
+    def _member(sdk_app_id: int, official_account: str | None, msg_key: str) -> str:
+        return json.dumps([sdk_app_id, official_account or "", msg_key], separators=(",", ":"))
+
+    @staticmethod
+    def _claim(msg_keys: Sequence[str], flat: Sequence[str], receivers_ok: frozenset[str]) -> Claim:
+        owned: dict[str, frozenset[str]] = {}
+        done: list[str] = []
+        busy: list[str] = []
+        for key, verdict, receivers_done in zip(msg_keys, flat[::2], flat[1::2], strict=True):
+            if verdict == "owned":
+                owned[key] = frozenset(json.loads(receivers_done))
+            else:
+                (done if verdict == "done" else busy).append(key)
+        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=receivers_ok)
+
+    def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
+        """Keep ``delivery`` and claim its messages in one script (one round trip)."""
+        fields: list[str] = [
+            "id", delivery.id,
+            "received_at", repr(float(delivery.received_at)),
+            "sdk_app_id", str(delivery.sdk_app_id),
+            "command", delivery.command,
+            "query", json.dumps(dict(delivery.query)),
+            "body", delivery.body,
+            "msg_keys", json.dumps(list(delivery.msg_keys)),
+        ]  # fmt: skip
+        if delivery.official_account is not None:
+            fields += ["official_account", delivery.official_account]
+        members = {
+            key: self._member(delivery.sdk_app_id, delivery.official_account, key)
+            for key in delivery.msg_keys
+        }
+        # finish and resume find the message keys through this map, inside their scripts.
+        fields += ["members", json.dumps(members)]
+        keys = [
+            self._delivery_key(delivery.id),
+            self._all,
+            self._status[DeliveryStatus.PENDING],
+            *(self._message_prefix + members[key] for key in delivery.msg_keys),
+        ]
+        args = [delivery.id, repr(float(lease_seconds)), _score(delivery.received_at), *fields]
+        with self._errors(f"keep delivery {delivery.id}"):
+            flat = self._begin(keys=keys, args=args)
+        return self._claim(delivery.msg_keys, flat, frozenset())
+
+    def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
+        """Lease ``delivery_id`` again for a replay, in one script."""
+        keys = [self._delivery_key(delivery_id), *(self._status[s] for s in _STATUS_KEYS)]
+        args = [delivery_id, repr(float(lease_seconds)), self._message_prefix]
+        with self._errors(f"resume delivery {delivery_id}"):
+            answer = self._resume(keys=keys, args=args)
+        if answer[0] == "missing":
+            raise KeyError(delivery_id)
+        if answer[0] == "busy":
+            raise DeliveryBusy(delivery_id)
+        kept = _to_delivery(_pairs(answer[2]))
+        return kept, self._claim(kept.msg_keys, answer[1], _receivers_ok(kept.receivers))
+
+    def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
+        """Record ``outcome`` and release the claims in one script (one round trip)."""
+        keys = [
+            self._delivery_key(delivery_id),
+            *(self._status[s] for s in _STATUS_KEYS),
+            self._mdone,
+        ]
+        args = [
+            delivery_id,
+            outcome.status,
+            json.dumps(dict(outcome.receivers)),
+            "0" if outcome.error is None else "1",
+            outcome.error or "",
+            self._message_prefix,
+        ]
+        for key in claim.owned:
+            args += [
+                key,
+                json.dumps(sorted(outcome.succeeded.get(key, frozenset()))),
+                "1" if key in outcome.failed else "0",
+            ]
+        with self._errors(f"finish delivery {delivery_id}"):
+            self._finish(keys=keys, args=args)
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """One delivery, or ``None``."""
+        with self._errors(f"read delivery {delivery_id}"):
+            fields = cast(dict[str, str], self._client.hgetall(self._delivery_key(delivery_id)))
+        return _to_delivery(fields) if fields else None
+
+    def deliveries(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Kept deliveries, newest first, optionally only those with one of ``statuses``."""
+        if limit <= 0:
+            return []
+        sets = sorted(
+            {self._status.get(s, f"{self._all}:none") for s in statuses}
+            if statuses
+            else {self._all}
+        )
+        with self._errors("list deliveries"):
+            pipe = self._client.pipeline(transaction=False)
+            for name in sets:
+                pipe.zrevrange(name, 0, limit - 1, withscores=True)
+            ranges: list[list[tuple[str, float]]] = pipe.execute()
+            newest = sorted(
+                (entry for found in ranges for entry in found),
+                key=lambda entry: (entry[1], entry[0]),
+                reverse=True,
+            )[:limit]
+            pipe = self._client.pipeline(transaction=False)
+            for delivery_id, _ in newest:
+                pipe.hgetall(self._delivery_key(delivery_id))
+            rows: list[dict[str, str]] = pipe.execute()
+        # A delivery pruned between the two reads is left out.
+        return [_to_delivery(row) for row in rows if row]
+
+    def prune(self, *, before: float, include_failed: bool = False) -> int:
+        """Drop finished deliveries received before ``before``, and finished message states
+        last updated before it; return how many deliveries went."""
+        statuses = [DeliveryStatus.DONE, DeliveryStatus.DUPLICATE]
+        if include_failed:
+            statuses.append(DeliveryStatus.FAILED)
+        keys = [self._all, self._mdone, *(self._status[s] for s in statuses)]
+        args = [_score(before), str(_PRUNE_BATCH), self._delivery_prefix, self._message_prefix]
+        total = 0
+        with self._errors("prune"):
+            while True:
+                deliveries, messages = self._prune(keys=keys, args=args)
+                total += int(deliveries)
+                if not deliveries and not messages:
+                    return total
+
+    def ping(self) -> None:
+        """Write a key and read it back, in one transaction."""
+        token = secrets.token_hex(8)
+        with self._errors("be written and read"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._ping, token, px=60_000)
+            pipe.get(self._ping)
+            _, found = pipe.execute()
+        if found != token:
+            raise StoreError(f"Redis store at {self._where} did not read back what it wrote.")
+
+    def close(self) -> None:
+        """Disconnect this process's connections; the store reconnects if used again."""
+        with self._errors("close"):
+            self._client.close()
