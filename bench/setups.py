@@ -1,0 +1,63 @@
+"""The servers the benchmark compares: the floor and the extension's set-ups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .payloads import Traffic
+
+FLOOR = "floor"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One server configuration and the traffic it receives.
+
+    :param slug: a short id, for ``--only`` and file names.
+    :param title: the row's label in the results.
+    :param store: ``memory``, ``sqlite`` (the default file) or ``redis``; ``None`` for the floor.
+    :param traffic: what the load generator sends.
+    :param target: the floor/extension CPU-per-request ratio this set-up must reach, if any.
+    """
+
+    slug: str
+    title: str
+    store: str | None
+    traffic: Traffic = field(default_factory=Traffic)
+    target: float | None = None
+
+    @property
+    def is_floor(self) -> bool:
+        """Whether this is the bare Flask endpoint."""
+        return self.store is None
+
+
+FLOOR_SETUP = Setup(FLOOR, "floor: bare Flask route (read body, parse JSON, envelope)", None)
+
+SETUPS = (
+    Setup("memory-signed-1", "memory store, signed, 1 MsgKey", "memory", Traffic(), 0.90),
+    Setup("memory-unsigned-1", "memory store, unsigned, 1 MsgKey", "memory", Traffic(signed=False)),
+    Setup("memory-signed-10", "memory store, signed, 10 MsgKeys", "memory", Traffic(keys=10)),
+    Setup("sqlite-signed-1", "SQLite (default), signed, 1 MsgKey", "sqlite", Traffic(), 0.80),
+    Setup("sqlite-unsigned-1", "SQLite, unsigned, 1 MsgKey", "sqlite", Traffic(signed=False)),
+    Setup("sqlite-signed-10", "SQLite, signed, 10 MsgKeys", "sqlite", Traffic(keys=10)),
+    Setup(
+        "sqlite-signed-dup",
+        "SQLite, signed, 1 MsgKey, always the same (duplicates)",
+        "sqlite",
+        Traffic(kind="duplicates"),
+    ),
+    Setup(
+        "sqlite-signed-other",
+        "SQLite, signed, non-recall command (C2C.CallbackAfterSendMsg)",
+        "sqlite",
+        Traffic(kind="other"),
+    ),
+    Setup("redis-signed-1", "Redis, signed, 1 MsgKey", "redis", Traffic(), 0.75),
+    Setup("redis-signed-10", "Redis, signed, 10 MsgKeys", "redis", Traffic(keys=10)),
+)
+
+#: The set-up whose latency is measured at 8 concurrent connections, against the floor.
+LATENCY_SETUP = "sqlite-signed-1"
+LATENCY_CONNECTIONS = 8
+LATENCY_TARGET_MS = 20.0
