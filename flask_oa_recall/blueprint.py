@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
@@ -48,6 +49,17 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _query_pairs() -> list[tuple[str, str]]:
+    """The query's name/value pairs in order; raw bytes that are not UTF-8 become U+FFFD."""
+    try:
+        return list(request.args.items(multi=True))
+    except UnicodeDecodeError:
+        # Werkzeug decodes the raw query string as UTF-8 and raises on other bytes. gunicorn
+        # refuses raw non-ASCII in a URL, but other servers pass it on.
+        text = request.query_string.decode("utf-8", "replace")
+        return parse_qsl(text, keep_blank_values=True, errors="replace")
+
+
 def _reject(app: Flask, err: CallbackRejected) -> Response:
     rejection = err.rejection
     logger.info("rejected a callback (%s): %s", err.reason, err.info)
@@ -73,7 +85,8 @@ def callback() -> Response:
         if request.method != "POST":
             raise CallbackRejected("method_not_allowed")
         raw = _read_body(settings.max_body_bytes)
-        query = canonical_query(request.args.items(multi=True))
+        pairs = _query_pairs()
+        query = canonical_query(pairs)
         sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
         tokens = settings.tokens.get(sdk_app_id)
         if tokens:
@@ -88,7 +101,10 @@ def callback() -> Response:
     except CallbackRejected as err:
         return _reject(app, err)
 
-    kept_query = {k: v for k, v in request.args.items() if k.lower() != "sign"}
+    kept_query: dict[str, str] = {}
+    for name, value in pairs:
+        if name.lower() != "sign":
+            kept_query.setdefault(name, value)
     delivery = NewDelivery(
         id=delivery_id,
         received_at=received_at,
@@ -132,6 +148,18 @@ def _on_register(setup: BlueprintSetupState) -> None:
     setup_app(app)
 
 
+_ENDPOINTS = ("callback", "not_found", "not_found_below")
+
+
+def _any_method(setup: BlueprintSetupState) -> None:
+    # Flask gives every rule a finite set of methods, so TRACE, CONNECT or an invented method
+    # would get Werkzeug's HTML 405. A rule without a set lets them reach the view's envelope.
+    prefix = f"{setup.name_prefix}.{setup.name}.".lstrip(".")
+    for endpoint in _ENDPOINTS:
+        for rule in setup.app.url_map.iter_rules(prefix + endpoint):
+            rule.methods = None
+
+
 def create_blueprint(name: str = "oa_recall") -> Blueprint:
     """Build the blueprint that serves the callback at its ``url_prefix``.
 
@@ -150,5 +178,6 @@ def create_blueprint(name: str = "oa_recall") -> Blueprint:
         methods=_METHODS,
         provide_automatic_options=False,
     )
+    bp.record(_any_method)
     bp.record_once(_on_register)
     return bp
