@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -20,11 +21,18 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
+#: A ``\uD800``-``\uDFFF`` escape. JSON allows one, but a lone surrogate is no character: it
+#: cannot be written as UTF-8 (to the store, or by a receiver), so such a body is refused.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """Decode ``raw`` as a UTF-8 JSON object, whatever the request's Content-Type said."""
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        if _SURROGATE_ESCAPE.search(raw):
+            json.dumps(body, ensure_ascii=False).encode("utf-8")  # fails on a lone surrogate
+    except (UnicodeError, ValueError, RecursionError):
         raise CallbackRejected("malformed_body") from None
     if not isinstance(body, dict):
         raise CallbackRejected("malformed_body", "The body is JSON but not an object.")

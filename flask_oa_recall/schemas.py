@@ -35,7 +35,11 @@ class EventTimeField(fields.Field):  # type: ignore[type-arg]  # generic only in
         if isinstance(value, int):
             ms = value
         elif isinstance(value, str) and value.isascii() and value.strip().isdigit():
-            ms = int(value.strip())
+            digits = value.strip()
+            # int() raises ValueError past 4300 digits; no valid time has more than 20.
+            if len(digits) > 20:
+                raise self.make_error("range")
+            ms = int(digits)
         else:
             raise self.make_error("invalid")
         if not 0 <= ms <= MAX_EVENT_TIME_MS:
