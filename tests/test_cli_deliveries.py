@@ -151,7 +151,7 @@ def test_deliveries_table_shows_each_delivery_aligned_newest_first(host: Host) -
         "STATUS": "failed",
         "ATTEMPTS": "1",
         "FAILED RECEIVERS": INDEX,
-        "LAST ERROR": f"{INDEX}: RuntimeError: index is down"[:57] + "...",
+        "LAST ERROR": "RuntimeError: index is down",
     }
     assert table[2]["STATUS"] == "done"
     assert table[2]["KEYS"] == "2"

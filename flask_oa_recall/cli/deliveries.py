@@ -129,8 +129,15 @@ def _row(delivery: Delivery, now: float) -> tuple[str, ...]:
         display_status(delivery, now),
         str(delivery.attempts),
         ",".join(_failed_receivers(delivery)) or "-",
-        _truncate(delivery.last_error, _ERROR_WIDTH) if delivery.last_error else "-",
+        _truncate(_error_text(delivery), _ERROR_WIDTH) if delivery.last_error else "-",
     )
+
+
+def _error_text(delivery: Delivery) -> str:
+    """The last error without the receiver's name in front: the table shows that already."""
+    error = delivery.last_error or ""
+    name, sep, rest = error.partition(": ")
+    return rest if sep and delivery.receivers.get(name) == "failed" else error
 
 
 @oa_recall_cli.command("deliveries")
