@@ -269,10 +269,11 @@ def _score(value: float) -> str:
 
 def _split_url(url: str) -> tuple[str, str]:
     """Take ``prefix`` out of the URL's query: redis-py would pass it on as a connection option."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    rest = [(name, value) for name, value in query if name != "prefix"]
+    # Split by hand: urlunsplit would turn unix:///path into unix:/path.
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query.partition("#")[0], keep_blank_values=True)
+    prefixes = [value for name, value in pairs if name == "prefix"]
+    rest = [(name, value) for name, value in pairs if name != "prefix"]
     if len(prefixes) > 1:
         raise ValueError(f"Redis store URL gives 'prefix' {len(prefixes)} times; give it once.")
     prefix = prefixes[0] if prefixes else DEFAULT_PREFIX
@@ -281,7 +282,7 @@ def _split_url(url: str) -> tuple[str, str]:
             f"Redis store prefix {prefix!r} must be non-empty and hold no '{{' or '}}'"
             " (the store wraps it in braces as a Redis Cluster hash tag)."
         )
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+    return (f"{base}?{urlencode(rest)}" if rest else base), prefix
 
 
 def _masked(url: str) -> str:
