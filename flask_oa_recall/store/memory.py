@@ -7,6 +7,7 @@ import time
 from collections.abc import Collection
 from dataclasses import replace
 
+from ..errors import StoreError
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
 from .logic import MessageState, merge_receivers, release, try_claim
 
@@ -23,6 +24,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._deliveries: dict[str, Delivery] = {}
         self._messages: dict[MessageId, MessageState] = {}
+        self._finished_at: dict[MessageId, float] = {}
 
     def _claim(self, delivery: Delivery, now: float, lease_seconds: float) -> Claim:
         owned: dict[str, frozenset[str]] = {}
@@ -44,6 +46,8 @@ class MemoryStore:
         now = time.time()
         kept = Delivery(**vars(delivery), updated_at=now, lease_until=now + lease_seconds)
         with self._lock:
+            if kept.id in self._deliveries:
+                raise StoreError(f"delivery {kept.id} is already kept")
             self._deliveries[kept.id] = kept
             return self._claim(kept, now, lease_seconds)
 
@@ -66,22 +70,29 @@ class MemoryStore:
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
         """Record ``outcome`` and release the claims."""
+        now = time.time()
         with self._lock:
-            kept = self._deliveries[delivery_id]
+            kept = self._deliveries.get(delivery_id)
+            if kept is None:
+                raise StoreError(f"delivery {delivery_id} vanished from the store")
             oa = kept.official_account or ""
             for key in claim.owned:
+                message = (kept.sdk_app_id, oa, key)
+                state = self._messages.setdefault(message, MessageState())
                 release(
-                    self._messages[(kept.sdk_app_id, oa, key)],
+                    state,
                     delivery_id,
                     outcome.succeeded.get(key, frozenset()),
                     key in outcome.failed,
                 )
+                if state.done:
+                    self._finished_at[message] = now
             self._deliveries[delivery_id] = replace(
                 kept,
                 status=outcome.status,
                 receivers=merge_receivers(dict(kept.receivers), dict(outcome.receivers)),
                 last_error=outcome.error,
-                updated_at=time.time(),
+                updated_at=now,
                 lease_until=0.0,
             )
 
@@ -100,7 +111,7 @@ class MemoryStore:
         return found[:limit]
 
     def prune(self, *, before: float, include_failed: bool = False) -> int:
-        """Drop finished deliveries received before ``before``."""
+        """Drop finished deliveries received before ``before``, and finished message states."""
         finished = {DeliveryStatus.DONE, DeliveryStatus.DUPLICATE}
         if include_failed:
             finished.add(DeliveryStatus.FAILED)
@@ -112,6 +123,9 @@ class MemoryStore:
             ]
             for delivery_id in doomed:
                 del self._deliveries[delivery_id]
+            for message in [m for m, at in self._finished_at.items() if at < before]:
+                del self._finished_at[message]
+                del self._messages[message]
         return len(doomed)
 
     def ping(self) -> None:

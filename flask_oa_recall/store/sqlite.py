@@ -207,7 +207,8 @@ class SQLiteStore:
             )
             kept = Delivery(
                 **{**vars(kept), "status": DeliveryStatus.PENDING,
-                   "attempts": kept.attempts + 1, "lease_until": now + lease_seconds},
+                   "attempts": kept.attempts + 1, "updated_at": now,
+                   "lease_until": now + lease_seconds},
             )  # fmt: skip
             return kept, self._claim(conn, kept, now, lease_seconds)
 
