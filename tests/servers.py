@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "ServerError",
     "child_pids",
     "gunicorn_server",
+    "redis_prefixed",
     "run_flask",
     "subprocess_env",
     "wait_for",
@@ -406,3 +408,25 @@ class CallbackClient:
     ) -> tuple[int, dict[str, Any]]:
         """POST a signed recall of ``msg_keys``."""
         return self.post(recall_body(msg_keys, official_account=official_account), **query)
+
+
+@contextmanager
+def redis_prefixed(redis_url: str, name: str = "oa-recall-test") -> Iterator[str]:
+    """``redis_url`` with a ``?prefix=`` of its own; every key holding it is deleted after.
+
+    The Redis store wraps the prefix in braces (``{prefix}:...``), so the keys are matched by
+    ``*prefix*``, not by a leading pattern.
+    """
+    import redis
+
+    prefix = f"{name}-{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in redis_url else "?"
+    try:
+        yield f"{redis_url}{sep}prefix={prefix}"
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            for key in client.scan_iter(f"*{prefix}*"):
+                client.delete(key)
+        finally:
+            client.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +17,20 @@ from flask_oa_recall import RecallEvent, callback_received, messages_recalled
 from flask_oa_recall.state import get_state
 from flask_oa_recall.store import NewDelivery, Outcome, Store
 from flask_oa_recall.testing import callback_body, post_callback, sign
+from tests.servers import redis_prefixed
 
 DAY = 86_400.0
 TOKEN = "xxxxyyyy"
 MIRROR = f"messages_recalled:{__name__}.mirror"
 INDEX = f"messages_recalled:{__name__}.index"
 AUDIT = f"callback_received:{__name__}.host.<locals>.audit"
+
+#: Runs a test against every backend, through the ``store_url`` fixture.
+BACKENDS = pytest.mark.parametrize(
+    "store_url",
+    ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+    indirect=True,
+)
 
 
 @dataclass
@@ -51,8 +60,21 @@ class Host:
 
 
 @pytest.fixture
-def host(make_app: Callable[..., Flask]) -> Host:
-    app = make_app()
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """``memory://`` unless a test asks for ``sqlite`` or ``redis`` (indirect parametrisation)."""
+    kind = getattr(request, "param", "memory")
+    if kind == "redis":
+        with redis_prefixed(request.getfixturevalue("redis_url")) as url:
+            yield url
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'deliveries.sqlite3'}"
+    else:
+        yield "memory://"
+
+
+@pytest.fixture
+def host(make_app: Callable[..., Flask], store_url: str) -> Host:
+    app = make_app(store=store_url)
     host = Host(app)
 
     def receiver(name: str) -> Callable[..., None]:
@@ -159,6 +181,7 @@ def test_deliveries_table_shows_each_delivery_aligned_newest_first(host: Host) -
     assert time.strptime(table[2]["RECEIVED (UTC)"], "%Y-%m-%d %H:%M:%S")
 
 
+@BACKENDS
 def test_a_pending_delivery_whose_lease_ran_out_shows_as_interrupted(host: Host) -> None:
     keep(host.store, "live", keys=("a",), lease=60)
     keep(host.store, "dead", keys=("b",), lease=-1)
@@ -180,6 +203,7 @@ def test_a_pending_delivery_whose_lease_ran_out_shows_as_interrupted(host: Host)
     ],
     ids=["failed", "pending", "both", "all"],
 )
+@BACKENDS
 def test_deliveries_filters_by_status(host: Host, flags: list[str], expected: set[str]) -> None:
     keep(host.store, "done", keys=("a",), status="done")
     keep(host.store, "failed", keys=("b",), status="failed")
@@ -237,6 +261,7 @@ def test_deliveries_json_is_one_object_per_line_without_secrets(host: Host) -> N
     assert sign(TOKEN, str(int(time.time()))) not in result.output
 
 
+@BACKENDS
 def test_replay_runs_only_the_receivers_that_failed(host: Host) -> None:
     host.failing.add("index")
     delivery_id = host.recall("k1", "k2")
@@ -289,10 +314,11 @@ def test_replay_of_an_unknown_id_is_an_error_and_the_others_still_run(host: Host
     assert host.count("mirror") == 1
 
 
+@BACKENDS
 def test_replay_skips_a_delivery_a_live_worker_holds_as_busy(host: Host) -> None:
     keep(host.store, "live", keys=("a",), lease=60)
 
-    result = host.cli("replay", "--pending")
+    result = host.cli("replay", "live")
 
     assert result.exit_code == 1
     assert result.output.splitlines()[0].startswith(
@@ -304,6 +330,38 @@ def test_replay_skips_a_delivery_a_live_worker_holds_as_busy(host: Host) -> None
     assert (kept.status, kept.attempts) == ("pending", 1)
 
 
+def test_replay_pending_leaves_deliveries_in_flight_alone(host: Host) -> None:
+    keep(host.store, "live", keys=("a",), lease=60)
+
+    result = host.cli("replay", "--pending")
+
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "Left alone 1 pending deliveries that live workers hold.",
+        "Nothing to replay.",
+    ]
+    kept = host.store.get("live")
+    assert kept is not None
+    assert (kept.status, kept.attempts) == ("pending", 1)
+
+
+def test_replay_of_a_finished_delivery_runs_nothing_and_changes_nothing(host: Host) -> None:
+    delivery_id = host.recall("k1")
+
+    result = host.cli("replay", delivery_id)
+
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        f"{delivery_id}  done       already finished; nothing to replay",
+        "Replayed 1: 1 finished, 0 not.",
+    ]
+    assert host.count("mirror") == 1
+    kept = host.store.get(delivery_id)
+    assert kept is not None
+    assert (kept.status, kept.attempts) == ("done", 1)
+
+
+@BACKENDS
 def test_replay_pending_finishes_an_interrupted_delivery_with_every_receiver(host: Host) -> None:
     keep(host.store, "dead", keys=("a", "b"), lease=-1)
 
@@ -318,6 +376,7 @@ def test_replay_pending_finishes_an_interrupted_delivery_with_every_receiver(hos
     ]  # fmt: skip
 
 
+@BACKENDS
 def test_replay_of_a_delivery_a_redelivery_completed_is_a_duplicate(host: Host) -> None:
     host.failing.add("index")
     first = host.recall("k1")
@@ -346,6 +405,7 @@ def test_replay_with_nothing_to_do_says_so(host: Host) -> None:
     assert result.output == "Nothing to replay.\n"
 
 
+@BACKENDS
 def test_prune_drops_old_finished_deliveries_and_keeps_the_rest(host: Host) -> None:
     keep(host.store, "old-done", age_days=10, keys=("a",), status="done")
     keep(host.store, "old-dup", age_days=10, keys=("b",), status="duplicate")

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,14 @@ import pytest
 
 from flask_oa_recall.store import Delivery, SQLiteStore
 from tests.apps.host import SDK_APP_ID, TOKEN
-from tests.servers import CallbackClient, GunicornServer, gunicorn_server, run_flask, wait_for
+from tests.servers import (
+    CallbackClient,
+    GunicornServer,
+    gunicorn_server,
+    redis_prefixed,
+    run_flask,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -123,17 +129,8 @@ def test_concurrent_redeliveries_on_several_workers_reach_the_receiver_once(host
 @pytest.fixture
 def redis_store_url(redis_url: str) -> Iterator[str]:
     """The test Redis database with a key prefix of this test's own, removed afterwards."""
-    import redis
-
-    prefix = f"oa-recall-test-{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in redis_url else "?"
-    yield f"{redis_url}{sep}prefix={prefix}"
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(f"*{prefix}*"):
-            client.delete(key)
-    finally:
-        client.close()
+    with redis_prefixed(redis_url) as url:
+        yield url
 
 
 @pytest.mark.redis

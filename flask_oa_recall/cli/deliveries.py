@@ -37,6 +37,7 @@ INTERRUPTED = "interrupted"
 _ERROR_WIDTH = 60
 _REPLAY_BATCH = 10_000
 _SECONDS_PER_DAY = 86_400.0
+_FINISHED = (DeliveryStatus.DONE, DeliveryStatus.DUPLICATE)
 
 
 def display_status(delivery: Delivery, now: float) -> str:
@@ -177,11 +178,16 @@ def _line(delivery_id: str, status: str, detail: str) -> str:
 def _replay_one(app: Flask, settings: Settings, store: Store, delivery_id: str) -> tuple[bool, str]:
     """Replay one delivery; return whether it is now finished, and the line to print."""
     try:
+        kept = store.get(delivery_id)
+        if kept is None:
+            raise KeyError(delivery_id)
+        if kept.status in _FINISHED:
+            # Replaying it would run nothing and only relabel it a duplicate.
+            return True, _line(delivery_id, kept.status, "already finished; nothing to replay")
         prepared = prepare_replay(store, delivery_id, settings.lease_seconds)
     except KeyError:
         return False, _line(delivery_id, "unknown", "no such delivery")
     except DeliveryBusy:
-        kept = store.get(delivery_id)
         until = f" until {_utc(kept.lease_until)} UTC" if kept else ""
         return False, _line(delivery_id, "busy", f"leased by a live worker{until}; skipped")
     except OARecallError as err:
@@ -213,21 +219,31 @@ def replay_command(failed: bool, pending: bool, ids: tuple[str, ...]) -> None:
     """Dispatch kept deliveries again, oldest first.
 
     Only the receivers that have not succeeded run again, and only for messages not yet
-    finished. A delivery leased by a live worker is reported busy and skipped. The exit status
-    is 1 when a delivery still fails, is busy or is unknown.
+    finished. --pending takes the interrupted deliveries (whose lease ran out) and leaves the
+    ones a live worker is dispatching right now alone. A delivery named by ID that a live worker
+    holds is reported busy and skipped. The exit status is 1 when a delivery still fails, is
+    busy or is unknown.
     """
     if not (failed or pending or ids):
         raise click.UsageError("name delivery IDs, or use --failed and/or --pending.")
     app, settings, store = _app_and_store()
     chosen: list[str] = []
+    in_flight = 0
     statuses = _statuses(failed, pending)
     if statuses:
         try:
             found = store.deliveries(statuses=statuses, limit=_REPLAY_BATCH)
         except StoreError as err:
             _fail(f"cannot read the delivery store: {err}")
-        chosen.extend(d.id for d in reversed(found))
+        now = time.time()
+        for delivery in reversed(found):
+            if delivery.status == DeliveryStatus.PENDING and delivery.lease_until > now:
+                in_flight += 1
+            else:
+                chosen.append(delivery.id)
     chosen.extend(i for i in ids if i not in chosen)
+    if in_flight:
+        click.echo(f"Left alone {in_flight} pending deliveries that live workers hold.")
     if not chosen:
         click.echo("Nothing to replay.")
         return
