@@ -44,6 +44,14 @@ def _read_body(limit: int) -> bytes:
             size += len(chunk)
     except ClientDisconnected:
         raise CallbackRejected("incomplete_body") from None
+    except Exception as err:
+        # The server's input stream failed: gunicorn raises its own errors (NoMoreData,
+        # InvalidChunkSize...) for a chunked body that breaks off or is malformed.
+        logger.info("could not read a request body: %s", type(err).__name__)
+        raise CallbackRejected(
+            "incomplete_body",
+            "The body could not be read: it ended early or its chunks are malformed.",
+        ) from None
     if size > limit:
         raise CallbackRejected("body_too_large")
     return b"".join(chunks)
