@@ -719,9 +719,13 @@ def _readonly(path: Path) -> None:
     fails every write with SQLITE_READONLY exactly as a non-root user's ``chmod 444`` file
     does, on any filesystem and without privileges. Writing 2 back undoes it.
     """
+    _write_version(path, 3)
+
+
+def _write_version(path: Path, version: int) -> None:
     with path.open("r+b") as file:
         file.seek(18)
-        file.write(bytes([3]))
+        file.write(bytes([version]))
 
 
 def test_a_read_only_sqlite_file_raises_store_error(tmp_path: Path) -> None:
@@ -738,6 +742,22 @@ def test_a_read_only_sqlite_file_raises_store_error(tmp_path: Path) -> None:
     kept = store.get(delivery.id)  # reading still works
     assert kept is not None
     assert kept.status == "pending"
+    store.close()
+
+
+def test_a_sqlite_store_writes_again_once_its_file_is_writable_again(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SQLiteStore(str(path))
+    store.ping()
+    store.close()
+    _readonly(path)
+    with pytest.raises(StoreError, match="readonly database"):
+        store.begin(make_delivery("k1"), LEASE)
+    _write_version(path, 2)
+    # The failed write dropped the connection that had found the file read-only.
+    delivery = make_delivery("k1")
+    assert set(store.begin(delivery, LEASE).owned) == {"k1"}
+    assert store.get(delivery.id) is not None
     store.close()
 
 

@@ -119,11 +119,18 @@ class SQLiteStore:
         self._local.pid = os.getpid()
         return conn
 
+    def _failed(self, err: sqlite3.Error) -> StoreError:
+        # A connection that failed may stay broken (one that found the file read-only stays
+        # read-only after the file is fixed), so the next call opens a fresh one.
+        with suppress(sqlite3.Error):
+            self.close()
+        return StoreError(f"SQLite store {self.path}: {err}")
+
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return work(self._connect())
         except sqlite3.Error as err:
-            raise StoreError(f"SQLite store {self.path}: {err}") from err
+            raise self._failed(err) from err
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -131,7 +138,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
-            raise StoreError(f"SQLite store {self.path}: {err}") from err
+            raise self._failed(err) from err
         try:
             yield conn
             conn.execute("COMMIT")
@@ -139,7 +146,7 @@ class SQLiteStore:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if isinstance(err, sqlite3.Error):
-                raise StoreError(f"SQLite store {self.path}: {err}") from err
+                raise self._failed(err) from err
             raise
 
     def _claim(
