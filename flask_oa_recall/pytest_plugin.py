@@ -1,3 +1,105 @@
-"""pytest plugin for host apps' own tests (registered as the ``oa_recall`` entry point)."""
+"""pytest plugin for host apps' own tests (registered as the ``oa_recall`` entry point).
+
+Installing the package is enough: pytest loads the plugin by itself. The fixtures use the
+``app`` fixture the host project defines (as pytest-flask expects), so a complete test of a
+receiver is::
+
+    def test_recall_hides_the_message(oa_recall_post, oa_recall_events):
+        response = oa_recall_post(msg_keys=["71_1_1698741698"])
+        assert response.json["ActionStatus"] == "OK"
+        assert oa_recall_events[0].msg_keys == ("71_1_1698741698",)
+
+Fixtures (all function-scoped):
+
+- ``oa_recall_post``: post a signed callback through the app's test client (see
+  :func:`~flask_oa_recall.testing.post_callback`).
+- ``oa_recall_events``: the :class:`~flask_oa_recall.RecallEvent` s emitted during the test.
+- ``oa_recall_callbacks``: the :class:`~flask_oa_recall.Callback` s accepted during the test.
+- ``oa_recall_captured``: everything emitted during the test, rejections and receiver failures
+  included (a :class:`~flask_oa_recall.testing.Captured`).
+- ``oa_recall_url``: build the signed URL of a callback, for posting with a client of your own.
+
+Disable it with ``-p no:oa_recall``.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import pytest
+from flask import Flask
+from werkzeug.test import TestResponse
+
+from .events import Callback, RecallEvent
+from .testing import Captured, callback_path, capture, post_callback, signed_query
+
+__all__ = [
+    "OARecallPost",
+    "OARecallUrl",
+    "oa_recall_callbacks",
+    "oa_recall_captured",
+    "oa_recall_events",
+    "oa_recall_post",
+    "oa_recall_url",
+]
+
+
+class OARecallPost(Protocol):
+    """The callable ``oa_recall_post`` gives; arguments as for ``post_callback``."""
+
+    def __call__(
+        self, body: Mapping[str, Any] | bytes | None = None, **options: Any
+    ) -> TestResponse:
+        """Post a signed callback; a recall of ``msg_keys`` when ``body`` is ``None``."""
+
+
+class OARecallUrl(Protocol):
+    """The callable ``oa_recall_url`` gives; arguments as for ``signed_query``."""
+
+    def __call__(self, **query: Any) -> str:
+        """The callback route's path with a freshly signed query string."""
+
+
+@pytest.fixture
+def oa_recall_post(app: Flask) -> OARecallPost:
+    """Post a signed callback to ``app`` in one line: ``oa_recall_post(msg_keys=["1_1_1"])``.
+
+    Keyword arguments are those of :func:`flask_oa_recall.testing.post_callback`
+    (``msg_keys``, ``official_account``, ``command``, ``token``, ``request_time``, ...).
+    """
+    client = app.test_client()
+
+    def post(body: Mapping[str, Any] | bytes | None = None, **options: Any) -> TestResponse:
+        return post_callback(client, app, body, **options)
+
+    return post
+
+
+@pytest.fixture
+def oa_recall_captured(app: Flask) -> Iterator[Captured]:
+    """Everything ``app`` emits during the test: recalls, callbacks, rejections, failures."""
+    with capture(app) as seen:
+        yield seen
+
+
+@pytest.fixture
+def oa_recall_events(oa_recall_captured: Captured) -> list[RecallEvent]:
+    """The recall events ``app`` emits during the test, in order."""
+    return oa_recall_captured.recalls
+
+
+@pytest.fixture
+def oa_recall_callbacks(oa_recall_captured: Captured) -> list[Callback]:
+    """The callbacks (of any command) ``app`` accepts during the test, in order."""
+    return oa_recall_captured.callbacks
+
+
+@pytest.fixture
+def oa_recall_url(app: Flask) -> OARecallUrl:
+    """Build ``/path?signed-query`` for ``app``: ``oa_recall_url(command="...")``."""
+
+    def url(**query: Any) -> str:
+        return f"{callback_path(app)}?{signed_query(app, **query)}"
+
+    return url
