@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from flask_oa_recall import RecallEvent, callback_received, messages_recalled
+from flask_oa_recall import RecallEvent, callback_received, messages_recalled, store_failed
 from flask_oa_recall.state import get_state
 from flask_oa_recall.store import NewDelivery, Outcome, Store
 from flask_oa_recall.testing import callback_body, post_callback, sign
@@ -93,6 +95,18 @@ def host(make_app: Callable[..., Flask], store_url: str) -> Host:
     messages_recalled.connect(receiver("index"), app, weak=False)
     callback_received.connect(audit, app, weak=False)
     return host
+
+
+@contextmanager
+def capture_store_failures(app: Flask) -> Iterator[list[Exception]]:
+    """The exceptions ``store_failed`` reports inside the block."""
+    errors: list[Exception] = []
+
+    def record(sender: Flask, exception: Exception, **_: Any) -> None:
+        errors.append(exception)
+
+    with store_failed.connected_to(record, app):
+        yield errors
 
 
 def keep(
@@ -431,3 +445,52 @@ def test_prune_needs_older_than(host: Host) -> None:
     result = host.cli("prune")
     assert result.exit_code == 2
     assert "Missing option '--older-than'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["deliveries"], "Error: cannot read the delivery store: cannot open SQLite store"),
+        (["replay", "--failed"], "Error: cannot read the delivery store: cannot open SQLite store"),
+        (["replay", "some-id"], "some-id  error      cannot replay it: cannot open SQLite store"),
+        (["prune", "--older-than", "1"], "Error: cannot prune the delivery store: cannot open"),
+    ],
+    ids=["deliveries", "replay-failed", "replay-id", "prune"],
+)
+def test_commands_exit_1_when_the_store_cannot_be_opened(
+    make_app: Callable[..., Flask], tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    app = make_app(store=f"sqlite:///{tmp_path / 'a-file' / 'deliveries.sqlite3'}")
+
+    result = app.test_cli_runner().invoke(args=["oa-recall", *args])
+
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_replay_whose_outcome_cannot_be_recorded_says_so_and_exits_1(
+    host: Host, store_url: str
+) -> None:
+    host.failing.add("index")
+    delivery_id = host.recall("k1")
+    host.failing.clear()
+
+    def vanish(sender: Flask, event: RecallEvent, **_: Any) -> None:
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("DELETE FROM oa_recall_deliveries WHERE id = ?", (delivery_id,))
+
+    with (
+        messages_recalled.connected_to(vanish, host.app),
+        capture_store_failures(host.app) as errors,
+    ):
+        result = host.cli("replay", delivery_id)
+
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        f"{delivery_id}  done (not recorded in the store; see the log)  attempt 2;"
+        f" ran: {INDEX} ok, messages_recalled:{__name__}.test_replay_whose_outcome_cannot_be_"
+        "recorded_says_so_and_exits_1.<locals>.vanish ok"
+    )
+    assert [str(e) for e in errors] == [f"delivery {delivery_id} vanished from the store"]

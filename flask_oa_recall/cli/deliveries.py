@@ -200,8 +200,8 @@ def _replay_one(app: Flask, settings: Settings, store: Store, delivery_id: str) 
     except StoreError:
         kept = None
     if kept is None or kept.status != outcome.status:
-        # ``finish`` could not record the outcome (logged); the delivery stays pending.
-        status = f"{outcome.status} (not recorded: it stays pending)"
+        # ``finish`` could not record the outcome; it logged why and sent ``store_failed``.
+        status = f"{outcome.status} (not recorded in the store; see the log)"
     ran = ", ".join(f"{name} {result}" for name, result in sorted(outcome.receivers.items()))
     detail = f"attempt {prepared.attempt}; ran: {ran or 'nothing'}"
     if outcome.error:
