@@ -761,6 +761,19 @@ def test_a_sqlite_store_writes_again_once_its_file_is_writable_again(tmp_path: P
     store.close()
 
 
+def test_a_sqlite_store_recreates_a_database_file_that_was_removed(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SQLiteStore(str(path))
+    store.ping()
+    store.close()
+    for leftover in tmp_path.glob("store.sqlite3*"):
+        leftover.unlink()
+    delivery = make_delivery("k1")
+    assert set(store.begin(delivery, LEASE).owned) == {"k1"}
+    assert store.get(delivery.id) is not None
+    store.close()
+
+
 def test_a_sqlite_path_that_cannot_be_created_raises_store_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     store = SQLiteStore(str(tmp_path / "a-file" / "store.sqlite3"))

@@ -94,7 +94,6 @@ class SQLiteStore:
         self.url = f"sqlite:///{path}"
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._initialised = False
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -110,9 +109,9 @@ class SQLiteStore:
             )  # fmt: skip
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            if not self._initialised:
-                conn.executescript(_SCHEMA)
-                self._initialised = True
+            # On every new connection, not once per store: the file may have been replaced
+            # since (a deleted file, a fresh volume), and IF NOT EXISTS makes this cheap.
+            conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open SQLite store {self.path}: {err}") from err
         self._local.conn = conn
