@@ -1,0 +1,217 @@
+"""``check``: is this app's callback configuration ready for Tencent's traffic?"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import click
+from flask import Flask, current_app
+
+from ..config import TENCENT_TIMEOUT_SECONDS, Settings
+from ..dispatch import receiver_name
+from ..signals import callback_received, messages_recalled
+from ..state import get_state
+from . import oa_recall_cli
+
+__all__ = ["Finding", "check_command", "run_checks"]
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+#: Tokens from Tencent's documentation samples and this project's example; anyone can sign
+#: with them.
+SAMPLE_TOKENS = frozenset({"xxxxyyyy", "xxxyyy", "change-me"})
+
+_COLOURS = {OK: "green", WARN: "yellow", FAIL: "red"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: ``level`` is ``OK``, ``WARN`` or ``FAIL``."""
+
+    level: str
+    topic: str
+    text: str
+
+
+def _sdk_app_ids(settings: Settings) -> Iterator[Finding]:
+    ids = ", ".join(str(i) for i in sorted(settings.sdk_app_ids))
+    yield Finding(OK, "sdkappid", f"OA_RECALL_SDKAPPID = {ids}")
+
+
+def _tokens(settings: Settings) -> Iterator[Finding]:
+    if not settings.authenticates:
+        yield Finding(
+            WARN,
+            "tokens",
+            "AUTHENTICATION IS OFF: OA_RECALL_TOKENS is empty, so anyone who can reach the"
+            " callback URL can make this app hide messages. Enable authentication in the Chat"
+            " console (Webhook Configuration) and put its token in OA_RECALL_TOKENS.",
+        )
+        return
+    for app_id in sorted(settings.tokens):
+        tokens = settings.tokens[app_id]
+        if not tokens:
+            yield Finding(
+                WARN,
+                "tokens",
+                f"none for SdkAppid {app_id}: its callbacks are NOT authenticated.",
+            )
+        elif SAMPLE_TOKENS.intersection(tokens):
+            yield Finding(
+                WARN,
+                "tokens",
+                f"SdkAppid {app_id} uses a published sample token; anyone can sign with"
+                " it. Set the token shown in the Chat console.",
+            )
+        elif len(tokens) > 1:
+            yield Finding(
+                OK,
+                "tokens",
+                f"{len(tokens)} for SdkAppid {app_id} (a rotation is in progress: remove the"
+                " old token once the console sends the new one)",
+            )
+        else:
+            yield Finding(OK, "tokens", f"1 for SdkAppid {app_id}")
+
+
+def _skew(settings: Settings) -> Iterator[Finding]:
+    skew = settings.max_skew_seconds
+    text = f"OA_RECALL_MAX_SKEW_SECONDS = {skew:g}"
+    if not settings.authenticates:
+        yield Finding(OK, "skew", f"{text} (unused while authentication is off)")
+    elif skew < 5:
+        yield Finding(
+            WARN,
+            "skew",
+            f"{text}: a clock a few seconds off refuses every genuine callback (401); keep the"
+            " server's clock synchronised (NTP) or widen the window.",
+        )
+    elif skew > 300:
+        yield Finding(
+            WARN,
+            "skew",
+            f"{text}: a captured signed URL stays usable for that long; 60 s is the default.",
+        )
+    else:
+        yield Finding(OK, "skew", f"{text} (a captured signed URL is usable that long)")
+
+
+def _body_limit(settings: Settings) -> Iterator[Finding]:
+    limit = settings.max_body_bytes
+    text = f"OA_RECALL_MAX_BODY_BYTES = {limit}"
+    if limit < 16 * 1024:
+        yield Finding(
+            WARN,
+            "body-limit",
+            f"{text}: callbacks that carry whole messages (OfficialAccount.CallbackAfterSendMsg,"
+            " ...) may be refused with 413.",
+        )
+    else:
+        yield Finding(OK, "body-limit", text)
+
+
+def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
+    url = settings.store_url or "sqlite (oa_recall.sqlite3 in the instance folder)"
+    try:
+        store = get_state(app).store(settings)
+        store.ping()
+    except Exception as err:
+        yield Finding(
+            FAIL,
+            "store",
+            f"{url}: cannot be read and written ({type(err).__name__}: {err}); accepted"
+            " callbacks would not be kept.",
+        )
+        return
+    shown = store.url
+    if shown.startswith("memory:"):
+        yield Finding(
+            WARN,
+            "store",
+            f"{shown}: in this process only; deliveries are lost on restart and each gunicorn"
+            " worker has its own. Use it for tests only.",
+        )
+    else:
+        yield Finding(OK, "store", f"{shown} (read and written)")
+
+
+def _receivers(app: Flask) -> Iterator[Finding]:
+    names = [receiver_name(r) for r in messages_recalled.receivers_for(app)]
+    if names:
+        yield Finding(OK, "receivers", f"messages_recalled: {', '.join(names)}")
+    else:
+        yield Finding(
+            WARN,
+            "receivers",
+            "nothing is connected to messages_recalled for this app: recalls are acknowledged"
+            " and kept, but nothing takes the messages down. Connect a receiver where the app"
+            " is created (@messages_recalled.connect_via(app)).",
+        )
+    others = [receiver_name(r) for r in callback_received.receivers_for(app)]
+    if others:
+        yield Finding(OK, "receivers", f"callback_received: {', '.join(others)}")
+
+
+def _route(app: Flask) -> Iterator[Finding]:
+    from ..blueprint import callback
+
+    rules = [r for r in app.url_map.iter_rules() if app.view_functions.get(r.endpoint) is callback]
+    if not rules:
+        yield Finding(FAIL, "route", "no URL serves the callback view.")
+        return
+    server = app.config.get("SERVER_NAME")
+    for rule in rules:
+        where = f"https://{server}{rule.rule}" if server else rule.rule
+        yield Finding(
+            OK,
+            "route",
+            f"POST {where} (enter the public https:// URL of this path in the Chat console)",
+        )
+
+
+def _dispatch(settings: Settings) -> Iterator[Finding]:
+    if settings.dispatch == "after_response":
+        text = "after_response: the answer goes out first, receivers run after it"
+    else:
+        text = (
+            f"sync: receivers run before the answer; keep them well inside Tencent's"
+            f" {TENCENT_TIMEOUT_SECONDS:g} s"
+        )
+    yield Finding(OK, "dispatch", text)
+
+
+def run_checks(app: Flask) -> list[Finding]:
+    """Check ``app``'s configuration; one :class:`Finding` per line of the report."""
+    try:
+        settings = get_state(app).settings(app.config)
+    except Exception as err:
+        return [Finding(FAIL, "config", f"{type(err).__name__}: {err}")]
+    findings: list[Finding] = []
+    findings += _sdk_app_ids(settings)
+    findings += _tokens(settings)
+    findings += _skew(settings)
+    findings += _body_limit(settings)
+    findings += _store(app, settings)
+    findings += _receivers(app)
+    findings += _route(app)
+    findings += _dispatch(settings)
+    return findings
+
+
+@oa_recall_cli.command("check")
+@click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
+def check_command(strict: bool) -> None:
+    """Check the configuration before going live: one line per check, OK, WARN or FAIL.
+
+    The exit status is 1 if a check failed (or, with --strict, warned).
+    """
+    findings = run_checks(current_app._get_current_object())  # type: ignore[attr-defined]
+    width = max(len(f.topic) for f in findings)
+    for f in findings:
+        level = click.style(f"{f.level:<4}", fg=_COLOURS[f.level], bold=f.level != OK)
+        click.echo(f"{level}  {f.topic:<{width}}  {f.text}")
+    counts = {level: sum(f.level == level for f in findings) for level in (OK, WARN, FAIL)}
+    click.echo(f"{counts[OK]} ok, {counts[WARN]} warnings, {counts[FAIL]} failures")
+    if counts[FAIL] or (strict and counts[WARN]):
+        raise SystemExit(1)

@@ -1,0 +1,192 @@
+"""``send``: post a signed callback to a running server over real HTTP, as Tencent would."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import time
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from flask import current_app
+
+from ..events import RECALL_COMMAND
+from ..responses import OK_BODY
+from ..testing import (
+    DEFAULT_OFFICIAL_ACCOUNT,
+    callback_body,
+    callback_path,
+    recall_body,
+    signed_query,
+)
+from . import oa_recall_cli
+
+__all__ = ["send_command"]
+
+#: Where ``send`` posts when no ``--url`` is given: ``flask run``'s default address.
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+
+#: How long Tencent waits for an answer.
+_BUDGET_SECONDS = 2.0
+
+_OK = json.loads(OK_BODY)
+
+
+def _target(url: str | None, path: str) -> tuple[str, str, str]:
+    """(scheme, host:port, path) of the callback URL; a URL without a path gets ``path``."""
+    parts = urlsplit(url or DEFAULT_BASE_URL)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(
+            f"{url!r} is not an http:// or https:// URL.", param_hint="'--url'"
+        )
+    if parts.query or parts.fragment:
+        raise click.BadParameter(
+            "give the URL without a query string; send builds and signs it.", param_hint="'--url'"
+        )
+    return parts.scheme, parts.netloc, parts.path if parts.path not in ("", "/") else path
+
+
+def _fresh_msg_key() -> str:
+    """A MsgKey in Tencent's ``Seq_1_ServerTime`` form that this server has not seen yet."""
+    return f"{secrets.randbelow(10**9)}_1_{int(time.time())}"
+
+
+def _post(
+    scheme: str, netloc: str, target: str, body: bytes, timeout: float
+) -> tuple[int, str, bytes]:
+    connection_type = (
+        http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_type(netloc, timeout=timeout)
+    try:
+        connection.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.reason, response.read()
+    finally:
+        connection.close()
+
+
+def _redacted(query: str) -> str:
+    return "&".join(
+        "Sign=<hidden>" if pair.lower().startswith("sign=") else pair for pair in query.split("&")
+    )
+
+
+@oa_recall_cli.command("send")
+@click.option(
+    "--url",
+    help=f"The server to post to. Default: {DEFAULT_BASE_URL} and this app's callback path;"
+    " a URL without a path gets the callback path.",
+)
+@click.option(
+    "--official-account",
+    default=DEFAULT_OFFICIAL_ACCOUNT,
+    show_default=True,
+    help="Official_Account of the recall.",
+)
+@click.option(
+    "--msg-key",
+    "msg_keys",
+    multiple=True,
+    help="A recalled MsgKey; repeat for several. Default: a fresh one, so it is not a duplicate.",
+)
+@click.option(
+    "--command",
+    help=f"CallbackCommand. Default: {RECALL_COMMAND}, or the one in --body.",
+)
+@click.option("--sdkappid", type=int, help="SdkAppid. Default: the first in OA_RECALL_SDKAPPID.")
+@click.option(
+    "--token",
+    envvar="OA_RECALL_SEND_TOKEN",
+    help="Token to sign with (or $OA_RECALL_SEND_TOKEN). Default: the first configured for the"
+    " SdkAppid. Never printed.",
+)
+@click.option("--unsigned", is_flag=True, help="Send no Sign/RequestTime.")
+@click.option(
+    "--body",
+    "body_file",
+    type=click.File("rb"),
+    help="Send this file's bytes as the body, as they are ('-' for stdin).",
+)
+@click.option(
+    "--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for an answer."
+)
+def send_command(
+    url: str | None,
+    official_account: str,
+    msg_keys: tuple[str, ...],
+    command: str | None,
+    sdkappid: int | None,
+    token: str | None,
+    unsigned: bool,
+    body_file: IO[bytes] | None,
+    timeout: float,
+) -> None:
+    """Send a signed callback to a running server, as Tencent would.
+
+    By default a recall of one fresh MsgKey, signed with this app's SdkAppid and first token,
+    to this app's route on 127.0.0.1:5000. Prints the status and the answer; the exit status
+    is 0 only for HTTP 200 with the OK envelope.
+    """
+    app = current_app
+    scheme, netloc, path = _target(url, callback_path(app))
+    if body_file is not None:
+        if msg_keys:
+            raise click.UsageError("--msg-key builds a recall body; it cannot go with --body.")
+        body = body_file.read()
+        if command is None:
+            command = _command_of(body)
+        what = f"{len(body)} bytes from {body_file.name}"
+    else:
+        command = command or RECALL_COMMAND
+        payload: dict[str, Any]
+        if command == RECALL_COMMAND:
+            keys = msg_keys or (_fresh_msg_key(),)
+            payload = recall_body(keys, official_account=official_account)
+            what = f"recall of {', '.join(keys)} by {official_account}"
+        else:
+            if msg_keys:
+                raise click.UsageError(f"--msg-key only goes with {RECALL_COMMAND}.")
+            payload = callback_body(command, Official_Account=official_account)
+            what = f"{command} for {official_account}"
+        body = json.dumps(payload).encode()
+
+    query = signed_query(app, command=command, sdk_app_id=sdkappid, token="" if unsigned else token)
+    shown = urlunsplit((scheme, netloc, path, _redacted(query), ""))
+    click.echo(f"POST {shown}")
+    click.echo(f"  {what}")
+
+    started = time.perf_counter()
+    try:
+        status, reason, answer = _post(scheme, netloc, f"{path}?{query}", body, timeout)
+    except (OSError, http.client.HTTPException) as err:
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise click.ClickException(
+            f"no answer from {scheme}://{netloc}: {detail}. Is the server running there?"
+        ) from None
+    elapsed = time.perf_counter() - started
+    click.echo(f"HTTP {status} {reason} in {elapsed * 1000:.0f} ms")
+    click.echo(answer.decode("utf-8", "replace")[:4000] or "(empty body)")
+    if elapsed > _BUDGET_SECONDS:
+        click.echo(
+            f"warning: the answer took more than Tencent's {_BUDGET_SECONDS:g} s budget;"
+            " Tencent would have given up.",
+            err=True,
+        )
+    if status != 200 or _json_or_none(answer) != _OK:
+        raise click.ClickException("the server did not answer with the OK envelope.")
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _command_of(body: bytes) -> str:
+    parsed = _json_or_none(body)
+    command = parsed.get("CallbackCommand") if isinstance(parsed, dict) else None
+    return command if isinstance(command, str) and command else RECALL_COMMAND
