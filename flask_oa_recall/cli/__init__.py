@@ -11,4 +11,4 @@ oa_recall_cli = AppGroup(
 )
 
 # The command modules add themselves to the group on import.
-from . import deliveries  # noqa: E402, F401
+from . import check, deliveries, openapi, send  # noqa: E402, F401
