@@ -1,18 +1,21 @@
 """``redis://``: deliveries kept in Redis, shared by every worker on every host.
 
 Keys (``P`` is the prefix, ``oa-recall`` unless the URL says ``?prefix=...``); the braces are a
-Redis Cluster hash tag, so every key of one store lives in one slot and the scripts may touch
-them together:
+Redis Cluster hash tag, so every key of one store lives in one slot:
 
-- ``{P}:d:<id>``: a hash per delivery;
-- ``{P}:m:<["sdk",oa,msgkey] as JSON>``: a hash per recalled message (done, owner, lease_until,
-  receivers_done, updated_at); JSON keeps it unambiguous whatever the Official_Account holds;
+- ``{P}:d:<id>``: a hash per delivery, with a ``members`` map from MsgKey to message member;
+- ``{P}:m:<member>``: a hash per recalled message (done, owner, lease_until, receivers_done,
+  updated_at); the member is ``[sdkappid,"official_account","msgkey"]`` as JSON, unambiguous
+  whatever the Official_Account or MsgKey hold;
 - ``{P}:all`` and ``{P}:s:<status>``: sorted sets of delivery ids by ``received_at``;
 - ``{P}:mdone``: finished messages by ``updated_at``, for ``prune``;
 - ``{P}:ping``: written by ``ping``.
 
 ``begin``, ``finish`` and ``resume`` are Lua scripts, so each is one atomic step on the server,
 and leases are judged by the Redis server's clock (``TIME``), the one clock every host shares.
+``finish``, ``resume`` and ``prune`` reach message and delivery keys that are not passed in
+``KEYS`` (through ``members``); they share the hash tag, so they are in the script's slot.
+Needs Redis 5.0 or later (scripts that write after ``TIME``).
 """
 
 from __future__ import annotations
