@@ -487,11 +487,12 @@ class RedisStore:
         """Kept deliveries, newest first, optionally only those with one of ``statuses``."""
         if limit <= 0:
             return []
-        sets = sorted(
-            {self._status.get(s, f"{self._all}:none") for s in statuses}
-            if statuses
-            else {self._all}
-        )
+        if statuses:
+            sets = sorted({self._status[s] for s in statuses if s in self._status})
+            if not sets:
+                return []
+        else:
+            sets = [self._all]
         with self._errors("list deliveries"):
             pipe = self._client.pipeline(transaction=False)
             for name in sets:
