@@ -412,6 +412,7 @@ def kept_ids(store: Store) -> dict[str, str]:
         (["done", "duplicate", "failed"], 2, ["done-new", "failed"]),
         (("duplicate",), 100, ["duplicate"]),
         (["no-such-status"], 100, []),
+        (None, 0, []),
     ],
     ids=[
         "all",
@@ -422,6 +423,7 @@ def kept_ids(store: Store) -> dict[str, str]:
         "three-statuses-limited",
         "tuple-filter",
         "unknown-status",
+        "zero-limit",
     ],
 )
 def test_deliveries_are_listed_newest_first_with_filter_and_limit(
@@ -448,6 +450,12 @@ def test_prune_drops_only_finished_deliveries_received_before_the_cut(
     assert store.prune(before=time.time() + 3600, include_failed=True) == 1
     assert [d.id for d in store.deliveries()] == [kept_ids["pending"]]
     assert store.prune(before=time.time() + 3600, include_failed=True) == 0
+
+
+def test_prune_takes_infinite_bounds(store: Store, kept_ids: dict[str, str]) -> None:
+    assert store.prune(before=float("-inf"), include_failed=True) == 0
+    assert store.prune(before=float("inf"), include_failed=True) == 4
+    assert [d.id for d in store.deliveries()] == [kept_ids["pending"]]
 
 
 def test_prune_forgets_finished_messages_but_not_unfinished_ones(store: Store) -> None:
