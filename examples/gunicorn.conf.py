@@ -16,5 +16,9 @@ graceful_timeout = 10
 # Tencent keeps connections open between callbacks; sync workers close them anyway, which is fine.
 keepalive = 5
 accesslog = "-"
+# The path without the query: the query holds Sign, which must not reach a log.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 errorlog = "-"
 loglevel = "info"
+# gunicorn 25+ opens a control socket at one fixed path; two servers on a host would clash.
+control_socket_disable = True

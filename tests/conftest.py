@@ -77,6 +77,7 @@ def redis_url() -> Iterator[str]:
 
     client = redis.Redis.from_url(REDIS_URL)
     yield REDIS_URL
-    for key in client.scan_iter("oa-recall-test*"):
+    # The Redis store wraps its prefix in a hash tag: {oa-recall-test-...}:...
+    for key in client.scan_iter("*oa-recall-test*"):
         client.delete(key)
     client.close()
