@@ -101,12 +101,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="WithdrawMsgList sizes measured in process (default 1,10,100,1000)",
     )
     parser.add_argument(
+        "--inproc-requests",
+        type=int,
+        help="requests per in-process point with one MsgKey (default 2000; --quick 300)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=HERE / "RESULTS.md", help="where to write the table"
     )
     parser.add_argument("--json", type=Path, help="also write the raw samples as JSON here")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
+    args.inproc_requests = args.inproc_requests or (300 if args.quick else 2000)
     return args
 
 
@@ -329,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pin(server_cpus)
         points, floor_us = inproc.measure(
             key_counts=key_counts,
-            budget=300 if args.quick else 2000,
+            budget=args.inproc_requests,
             repeats=3 if args.quick else 5,
             progress=log,
         )
