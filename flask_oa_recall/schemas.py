@@ -69,8 +69,10 @@ class RecallBodySchema(Schema):
 
     CallbackCommand = fields.String(required=True)
     Official_Account = fields.String(required=True, validate=validate.Length(min=1))
-    WithdrawMsgList = fields.List(
-        fields.Nested(WithdrawMsgSchema), required=True, validate=validate.Length(min=1)
+    # Nested(many=True) rather than List(Nested(...)): one load over the entries instead of one
+    # per entry, about 40 % less per MsgKey (bench/RESULTS.md).
+    WithdrawMsgList = fields.Nested(
+        WithdrawMsgSchema, many=True, required=True, validate=validate.Length(min=1)
     )
     EventTime = EventTimeField(required=True)
 
