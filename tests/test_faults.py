@@ -144,7 +144,10 @@ def test_receiver_that_raises_is_acknowledged_kept_and_replayed_once(
     with ExitStack() as stack:
         if store == "redis":
             url = request.getfixturevalue("redis_url")
-            scene.env["OA_RECALL_STORE"] = stack.enter_context(redis_prefixed(url))
+            # Outside the suite's "*oa-recall-test*" cleanup, which another test process may
+            # run at any time; this prefix is deleted by redis_prefixed on the way out.
+            prefixed = redis_prefixed(url, "oa-hardening-faults")
+            scene.env["OA_RECALL_STORE"] = stack.enter_context(prefixed)
         flaky = scene.tmp / "flaky"
         flaky.mkdir()
         scene.env["OA_TEST_FLAKY_DIR"] = str(flaky)

@@ -161,7 +161,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | 
     if request.param == "sqlite":
         yield None
         return
-    with redis_prefixed(request.getfixturevalue("redis_url"), "oa-recall-test-soak") as url:
+    # A name outside the suite's "*oa-recall-test*" cleanup pattern: a test run in another
+    # process (its fixture teardown) must not delete this run's keys while it is running.
+    with redis_prefixed(request.getfixturevalue("redis_url"), "oa-hardening-soak") as url:
         yield url
 
 
