@@ -78,7 +78,7 @@ def redis_cleanup(base_url: str, prefix: str) -> None:
 
     client = redis.Redis.from_url(base_url)
     try:
-        for key in client.scan_iter(match="{" + prefix + "}:*", count=500):
+        for key in client.scan_iter(match="{" + prefix + "}:*", count=10_000):
             client.delete(key)
     finally:
         client.close()

@@ -181,9 +181,11 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Outage:
 
 
 @pytest.fixture
-def outage_app(make_app: AppFactory, outage: Outage) -> Flask:
-    """An app whose store is the one ``outage`` breaks."""
-    return make_app(store=outage.store_url)
+def outage_app(make_app: AppFactory, outage: Outage) -> Iterator[Flask]:
+    """An app whose store is the one ``outage`` breaks; its connections are closed after."""
+    app = make_app(store=outage.store_url)
+    yield app
+    get_state(app).close()
 
 
 def app_store(app: Flask) -> Store:
