@@ -15,7 +15,7 @@ from flask import Flask
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from flask_oa_recall import REJECTIONS, create_blueprint
+from flask_oa_recall import RECALL_COMMAND, REJECTIONS, create_blueprint
 from flask_oa_recall.openapi import OPENAPI_VERSION, build_spec
 from flask_oa_recall.schemas import RecallBodySchema
 from flask_oa_recall.testing import callback_body, post_callback, recall_body, sign
@@ -311,7 +311,13 @@ def test_schemathesis_finds_no_5xx_and_only_envelopes_on_the_running_endpoint(
         assert (envelope["ActionStatus"] == "OK") is (response.status_code == 200)
         assert (envelope["ErrorCode"] == 0) is (response.status_code == 200)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
-        if response.status_code == 200 and body and isinstance(body.get("WithdrawMsgList"), list):
+        recall = (
+            body is not None
+            and body.get("CallbackCommand") == RECALL_COMMAND
+            and case.query.get("CallbackCommand") in (None, RECALL_COMMAND)
+            and isinstance(body.get("WithdrawMsgList"), list)
+        )
+        if response.status_code == 200 and recall:
             for entry in body["WithdrawMsgList"]:
                 key = entry.get("MsgKey") if isinstance(entry, dict) else None
                 if isinstance(key, str) and "\n" not in key and "\r" not in key:
@@ -333,3 +339,11 @@ def test_schemathesis_finds_no_5xx_and_only_envelopes_on_the_running_endpoint(
     assert accepted_keys, seen
     assert accepted_keys <= recorded
     assert "Traceback" not in server.log()
+
+
+def test_the_command_on_an_app_without_the_extension_says_so() -> None:
+    from flask_oa_recall.cli.openapi import openapi_command
+
+    result = Flask("bare").test_cli_runner().invoke(openapi_command)
+    assert result.exit_code == 1
+    assert "Error: flask_oa_recall is not set up on this app" in result.output
