@@ -161,7 +161,7 @@ def test_check_fails_when_the_store_cannot_be_written(make_app: AppFactory, tmp_
     assert result.exit_code == 1
     assert levels(result, "store") == ["FAIL"]
     assert "cannot be read and written (StoreError: cannot open SQLite store" in result.output
-    assert result.output.splitlines()[-1].endswith("1 failures")
+    assert result.output.splitlines()[-1].endswith(", 1 failure")
 
 
 def test_check_fails_on_a_config_broken_after_start(make_app: AppFactory) -> None:

@@ -199,6 +199,10 @@ def run_checks(app: Flask) -> list[Finding]:
     return findings
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @oa_recall_cli.command("check")
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
 def check_command(strict: bool) -> None:
@@ -212,6 +216,8 @@ def check_command(strict: bool) -> None:
         level = click.style(f"{f.level:<4}", fg=_COLOURS[f.level], bold=f.level != OK)
         click.echo(f"{level}  {f.topic:<{width}}  {f.text}")
     counts = {level: sum(f.level == level for f in findings) for level in (OK, WARN, FAIL)}
-    click.echo(f"{counts[OK]} ok, {counts[WARN]} warnings, {counts[FAIL]} failures")
+    click.echo(
+        f"{counts[OK]} ok, {_plural(counts[WARN], 'warning')}, {_plural(counts[FAIL], 'failure')}"
+    )
     if counts[FAIL] or (strict and counts[WARN]):
         raise SystemExit(1)
