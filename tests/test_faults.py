@@ -355,10 +355,15 @@ def test_sqlite_store_unwritable_while_serving(scene: Scene) -> None:
             scene.faults["sqlite unwritable"] += 1
             Path(scene.env["OA_TEST_HEAL"]).unlink()
             assert not_ok(post_many(server.port, during)) == {}
-            status, envelope = post(server.port, [boom])  # type: ignore[misc]
-            assert (status, envelope["ErrorCode"]) == (503, 50301)
-            assert envelope["ErrorInfo"] == (
-                "The delivery could not be kept and its receivers failed; send it again."
+            answer = post(server.port, [boom])
+            assert answer == (
+                503,
+                {
+                    "ActionStatus": "FAIL",
+                    "ErrorCode": 50301,
+                    "ErrorInfo": "The delivery could not be kept and its receivers failed;"
+                    " send it again.",
+                },
             )
             log = server.log()
             assert log.count("could not be kept") >= len(during) + 1
@@ -420,7 +425,11 @@ def test_worker_killed_under_load_loses_no_recall(scene: Scene) -> None:
         for thread in threads:
             thread.start()
         for progress in (30, 80, 130):
-            wait_for(lambda p=progress: len(answers) >= p, timeout=60, what=f"{progress} answers")
+
+            def reached(p: int = progress) -> bool:
+                return len(answers) >= p
+
+            wait_for(reached, timeout=60, what=f"{progress} answers")
             victim = server.wait_for_workers()[-1]
             os.kill(victim, signal.SIGKILL)
             victims.append(victim)

@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,7 +293,10 @@ def test_sdkappid_repeated_hundreds_of_times_with_one_foreign_copy_is_ambiguous(
     assert served.dispatched(key) == 0
 
 
-def _query(pairs: list[tuple[str, str]]) -> str:
+Pairs = list[tuple[str, str]]
+
+
+def _query(pairs: Pairs) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
 
 
@@ -308,7 +311,7 @@ def _signed_pairs(sdk_app_id: int = SDK_APP_ID) -> list[tuple[str, str]]:
     ]
 
 
-REPEATS = {
+REPEATS: dict[str, tuple[Callable[[Pairs], Pairs], int, int]] = {
     # name: (how the query is changed, expected status, ErrorCode)
     "same-sdkappid-twice": (lambda p: [*p, ("SdkAppid", str(SDK_APP_ID))], 200, 0),
     "same-sdkappid-in-another-case": (lambda p: [*p, ("SDKAPPID", str(SDK_APP_ID))], 200, 0),
