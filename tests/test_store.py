@@ -85,8 +85,12 @@ def redis_cleanup(base_url: str, prefix: str) -> None:
 
 
 def unique_prefix() -> str:
-    """A key prefix no other test uses (the conftest also sweeps ``oa-recall-test*``)."""
-    return f"oa-recall-test-{uuid.uuid4().hex[:12]}"
+    """A key prefix no other test uses.
+
+    Deliberately outside the conftest's ``*oa-recall-test*`` sweep: a test run in another
+    process may fire that sweep at any moment, and it must not delete this test's keys.
+    """
+    return f"oa-store-suite-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
