@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,10 @@ def redis_available(url: str = REDIS_URL) -> str | None:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database of this test suite's own (13), flushed after each test.
+def redis_url() -> str:
+    """A Redis database of this test suite's own (13). Each test uses a key prefix of its own
+    and deletes it (see ``tests.servers.redis_prefixed``); nothing here sweeps more widely, since
+    another run may be using the same database at the same time.
 
     Skips when Redis is unreachable, except under CI (``CI=true``), where it fails.
     """
@@ -73,11 +75,4 @@ def redis_url() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI needs Redis: {why}")
         pytest.skip(why)
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    yield REDIS_URL
-    # The Redis store wraps its prefix in a hash tag: {oa-recall-test-...}:...
-    for key in client.scan_iter("*oa-recall-test*"):
-        client.delete(key)
-    client.close()
+    return REDIS_URL
