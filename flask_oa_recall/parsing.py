@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from itertools import accumulate
 from typing import Any
 
 from marshmallow import ValidationError
@@ -14,7 +15,18 @@ from .errors import CallbackRejected
 from .events import RECALL_COMMAND, Callback, RecalledMessage, RecallEvent
 from .schemas import first_error, load_recall
 
-__all__ = ["build_callback", "build_recall_event", "parse_body", "resolve_command"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "build_callback",
+    "build_recall_event",
+    "parse_body",
+    "resolve_command",
+]
+
+#: Bodies nested deeper are refused. ``json.loads``' own limit is the interpreter's recursion
+#: limit minus the depth of the calling stack, so without a fixed bound a body accepted by the
+#: view could fail to parse again in ``flask oa-recall replay``, whose stack is deeper.
+MAX_JSON_DEPTH = 512
 
 
 def _reject_constant(name: str) -> float:
@@ -26,6 +38,17 @@ def _reject_constant(name: str) -> float:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _depth(raw: bytes) -> int:
+    """How deeply the (valid) JSON in ``raw`` nests arrays and objects."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_STEP[b] for b in brackets), default=0)
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """Decode ``raw`` as a UTF-8 JSON object, whatever the request's Content-Type said."""
     try:
@@ -34,6 +57,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             json.dumps(body, ensure_ascii=False).encode("utf-8")  # fails on a lone surrogate
     except (UnicodeError, ValueError, RecursionError):
         raise CallbackRejected("malformed_body") from None
+    # Only a body with that many brackets can be that deep; most pay for two counts.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+        raise CallbackRejected(
+            "malformed_body", f"The body is nested more than {MAX_JSON_DEPTH} levels deep."
+        )
     if not isinstance(body, dict):
         raise CallbackRejected("malformed_body", "The body is JSON but not an object.")
     return body

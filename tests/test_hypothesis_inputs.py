@@ -566,3 +566,43 @@ def test_duplicate_json_keys_take_the_last_value_on_receipt_and_on_replay(fresh:
     replayed = prepare_replay(store, callbacks[0].delivery_id, 60)
     assert replayed.event is not None
     assert (replayed.event.official_account, replayed.event.msg_keys) == ("@TOA#_last", ("k2",))
+
+
+def _deep_recall(key: str, depth: int) -> bytes:
+    head = json.dumps(recall_body([key]))[:-1].encode()
+    return head + b', "Deep": ' + nested(depth) + b"}"
+
+
+def test_nesting_deeper_than_the_fixed_bound_is_a_400(fresh: Harness) -> None:
+    """Regression: json.loads' limit depends on the caller's stack, so a body ~980 deep was
+    accepted by the view and then could not be parsed again by ``replay`` (deeper stack)."""
+    status, data, _, _ = fresh.post("POST", _signed(fresh.app), _deep_recall("k-deep", 600))
+    assert status == 400
+    assert data == {
+        "ActionStatus": "FAIL",
+        "ErrorCode": 40001,
+        "ErrorInfo": "The body is nested more than 512 levels deep.",
+    }
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(fresh: Harness) -> None:
+    body = json.dumps(recall_body(["k-brackets"], Note='[{"' * 700 + '\\"]')).encode()
+    status, _, events, _ = fresh.post("POST", _signed(fresh.app), body)
+    assert status == 200
+    assert events[0].msg_keys == ("k-brackets",)
+
+
+def test_deepest_accepted_body_can_be_replayed_by_the_cli(fresh: Harness) -> None:
+    fail = True
+
+    def receiver(sender: Flask, event: RecallEvent, **_: Any) -> None:
+        if fail:
+            raise RuntimeError("first attempt fails")
+
+    with messages_recalled.connected_to(receiver, fresh.app):
+        status, _, _, _ = fresh.post("POST", _signed(fresh.app), _deep_recall("k-512", 511))
+        assert status == 200
+        fail = False
+        result = fresh.app.test_cli_runner().invoke(args=["oa-recall", "replay", "--failed"])
+    assert result.exit_code == 0, result.output
+    assert "Replayed 1: 1 finished, 0 not." in result.output
