@@ -42,6 +42,8 @@ def _read_body(limit: int) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
+            if size == declared:
+                break  # all of it: no need for one more read to learn the body ended
     except ClientDisconnected:
         raise CallbackRejected("incomplete_body") from None
     except Exception as err:
