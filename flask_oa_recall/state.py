@@ -31,13 +31,11 @@ class OARecallState:
     def settings(self, config: Any) -> Settings:
         """The validated ``OA_RECALL_*`` settings for ``config`` as it is now."""
         settings = self._settings.get(config)
-        if not settings.authenticates and not self._warned_open:
-            self._warned_open = True
-            logger.warning(
-                "OA_RECALL_TOKENS is empty: webhook authentication is off and anyone who can"
-                " reach the callback URL can make this app hide messages. Enable authentication"
-                " in the Chat console and set OA_RECALL_TOKENS."
-            )
+        if not self._warned_open:
+            unsigned = sorted(app_id for app_id, tokens in settings.tokens.items() if not tokens)
+            if unsigned:
+                self._warned_open = True
+                _warn_unauthenticated(unsigned, every=not settings.authenticates)
         return settings
 
     def store(self, settings: Settings) -> Store:
@@ -57,6 +55,21 @@ class OARecallState:
             for store in self._stores.values():
                 store.close()
             self._stores.clear()
+
+
+def _warn_unauthenticated(app_ids: list[int], *, every: bool) -> None:
+    if every:
+        logger.warning(
+            "OA_RECALL_TOKENS is empty: webhook authentication is off and anyone who can"
+            " reach the callback URL can make this app hide messages. Enable authentication"
+            " in the Chat console and set OA_RECALL_TOKENS."
+        )
+    else:
+        logger.warning(
+            "OA_RECALL_TOKENS has no token for SdkAppid %s: requests for it are not"
+            " authenticated. Add its token to OA_RECALL_TOKENS.",
+            ", ".join(map(str, app_ids)),
+        )
 
 
 def setup_app(app: Flask) -> OARecallState:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 
+from flask_oa_recall import OARecall
 from flask_oa_recall.config import DEFAULTS, SettingsCache, parse_settings
 
 
@@ -98,3 +101,17 @@ def test_cache_reparses_only_when_config_changes() -> None:
     second = cache.get(config)
     assert second is not first
     assert second.tokens == {1: ("a", "b")}
+
+
+def test_an_app_id_without_tokens_in_the_dict_form_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Flask("host", instance_path=str(tmp_path))
+    app.config.update(
+        OA_RECALL_SDKAPPID=[1, 2], OA_RECALL_TOKENS={1: ["secret-one"]}, OA_RECALL_STORE="memory://"
+    )
+    OARecall(app)
+    (record,) = [r for r in caplog.records if "not authenticated" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert "SdkAppid 2" in record.getMessage()
+    assert "secret-one" not in record.getMessage()
