@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -79,6 +79,36 @@ def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
         updated_at=updated,
         lease_until=lease,
     )
+
+
+#: Message states are read this many MsgKeys per query (SQLite bounds the bound parameters).
+_KEYS_PER_QUERY = 500
+
+
+def _message_states(
+    conn: sqlite3.Connection, app_id: int, oa: str, keys: Sequence[str]
+) -> dict[str, MessageState]:
+    """The kept states of those of ``keys`` that have one: one query per 500 keys, not per key."""
+    states: dict[str, MessageState] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        rows = conn.execute(
+            "SELECT msg_key, done, owner, lease_until, receivers_done FROM oa_recall_messages"
+            f" WHERE sdk_app_id = ? AND official_account = ? AND msg_key IN ({_marks(len(chunk))})",
+            (app_id, oa, *chunk),
+        ).fetchall()
+        for key, done, owner, lease_until, names in rows:
+            states[key] = MessageState(bool(done), owner, lease_until, set(json.loads(names)))
+    return states
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _names_json(names: set[str]) -> str:
+    """Receiver names as kept in ``receivers_done``: a sorted JSON list."""
+    return json.dumps(sorted(names)) if names else "[]"
 
 
 class SQLiteStore:
@@ -155,27 +185,26 @@ class SQLiteStore:
         done: list[str] = []
         busy: list[str] = []
         oa = delivery.official_account or ""
+        states = _message_states(conn, delivery.sdk_app_id, oa, delivery.msg_keys)
+        claimed = []
         for key in delivery.msg_keys:
-            row = conn.execute(
-                "SELECT done, owner, lease_until, receivers_done FROM oa_recall_messages"
-                " WHERE sdk_app_id = ? AND official_account = ? AND msg_key = ?",
-                (delivery.sdk_app_id, oa, key),
-            ).fetchone()
-            state = (
-                MessageState(bool(row[0]), row[1], row[2], set(json.loads(row[3])))
-                if row
-                else MessageState()
-            )
+            state = states.get(key)
+            if state is None:
+                state = states[key] = MessageState()
             verdict = try_claim(state, delivery.id, now, lease_seconds)
             if verdict == "owned":
                 owned[key] = frozenset(state.receivers_done)
-                conn.execute(
-                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                claimed.append(
                     (delivery.sdk_app_id, oa, key, 0, delivery.id, state.lease_until,
-                     json.dumps(sorted(state.receivers_done)), now),
+                     _names_json(state.receivers_done), now)
                 )  # fmt: skip
             else:
                 (done if verdict == "done" else busy).append(key)
+        if claimed:
+            conn.executemany(
+                "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                claimed,
+            )
         ok = frozenset(n for n, r in delivery.receivers.items() if r == "ok")
         return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=ok)
 
@@ -230,28 +259,26 @@ class SQLiteStore:
             if row is None:
                 raise StoreError(f"delivery {delivery_id} vanished from the store")
             app_id, oa, receivers = row
-            for key in claim.owned:
-                found = conn.execute(
-                    "SELECT done, owner, lease_until, receivers_done FROM oa_recall_messages"
-                    " WHERE sdk_app_id = ? AND official_account = ? AND msg_key = ?",
-                    (app_id, oa or "", key),
-                ).fetchone()
-                state = (
-                    MessageState(bool(found[0]), found[1], found[2], set(json.loads(found[3])))
-                    if found
-                    else MessageState()
-                )
+            keys = tuple(claim.owned)
+            states = _message_states(conn, app_id, oa or "", keys)
+            released = []
+            for key in keys:
+                state = states.get(key) or MessageState()
                 release(
                     state,
                     delivery_id,
                     outcome.succeeded.get(key, frozenset()),
                     key in outcome.failed,
                 )
-                conn.execute(
-                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                released.append(
                     (app_id, oa or "", key, int(state.done), state.owner, state.lease_until,
-                     json.dumps(sorted(state.receivers_done)), now),
+                     _names_json(state.receivers_done), now)
                 )  # fmt: skip
+            if released:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    released,
+                )
             merged = merge_receivers(json.loads(receivers), dict(outcome.receivers))
             conn.execute(
                 "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
