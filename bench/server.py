@@ -76,7 +76,10 @@ class GunicornServer:
         self.port = free_port()
         self.workers = workers
         self._log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
-        full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+        # The repository is importable (for ``bench.apps``); a PYTHONPATH given in ``env``
+        # comes first, so that a modified copy of the package can be measured side by side.
+        path = [p for p in (env.get("PYTHONPATH"), str(REPO)) if p]
+        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(path)}
         command = [
             sys.executable, "-m", "gunicorn",
             "--workers", str(workers), "--worker-class", "sync",
