@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -98,7 +99,8 @@ def _message_states(
             (app_id, oa, *chunk),
         ).fetchall()
         for key, done, owner, lease_until, names in rows:
-            states[key] = MessageState(bool(done), owner, lease_until, set(json.loads(names)))
+            receivers_done = set(json.loads(names)) if names != "[]" else set()
+            states[key] = MessageState(bool(done), owner, lease_until, receivers_done)
     return states
 
 
@@ -108,7 +110,13 @@ def _marks(count: int) -> str:
 
 def _names_json(names: set[str]) -> str:
     """Receiver names as kept in ``receivers_done``: a sorted JSON list."""
-    return json.dumps(sorted(names)) if names else "[]"
+    return _sorted_json(frozenset(names)) if names else "[]"
+
+
+@functools.lru_cache(maxsize=256)
+def _sorted_json(names: frozenset[str]) -> str:
+    # Every message of a delivery usually has the same receivers: encode each set once.
+    return json.dumps(sorted(names))
 
 
 class SQLiteStore:
