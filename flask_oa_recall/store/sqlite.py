@@ -187,7 +187,12 @@ class SQLiteStore:
             raise
 
     def _claim(
-        self, conn: sqlite3.Connection, delivery: Delivery, now: float, lease_seconds: float
+        self,
+        conn: sqlite3.Connection,
+        delivery: NewDelivery,
+        receivers_ok: frozenset[str],
+        now: float,
+        lease_seconds: float,
     ) -> Claim:
         owned: dict[str, frozenset[str]] = {}
         done: list[str] = []
@@ -213,23 +218,21 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 claimed,
             )
-        ok = frozenset(n for n, r in delivery.receivers.items() if r == "ok")
-        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=ok)
+        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=receivers_ok)
 
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one transaction."""
         now = time.time()
-        kept = Delivery(**vars(delivery), updated_at=now, lease_until=now + lease_seconds)
         with self._write() as conn:
             conn.execute(
                 f"INSERT INTO oa_recall_deliveries ({_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kept.id, kept.received_at, now, kept.sdk_app_id, kept.command,
-                 json.dumps(dict(kept.query)), kept.body, kept.official_account,
-                 json.dumps(list(kept.msg_keys)), kept.status, kept.attempts, "{}", None,
-                 kept.lease_until),
+                (delivery.id, delivery.received_at, now, delivery.sdk_app_id, delivery.command,
+                 json.dumps(dict(delivery.query)), delivery.body, delivery.official_account,
+                 json.dumps(list(delivery.msg_keys)), DeliveryStatus.PENDING, 1, "{}", None,
+                 now + lease_seconds),
             )  # fmt: skip
-            return self._claim(conn, kept, now, lease_seconds)
+            return self._claim(conn, delivery, frozenset(), now, lease_seconds)
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay."""
@@ -253,7 +256,8 @@ class SQLiteStore:
                    "attempts": kept.attempts + 1, "updated_at": now,
                    "lease_until": now + lease_seconds},
             )  # fmt: skip
-            return kept, self._claim(conn, kept, now, lease_seconds)
+            ok = frozenset(n for n, r in kept.receivers.items() if r == "ok")
+            return kept, self._claim(conn, kept, ok, now, lease_seconds)
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
         """Record ``outcome`` and release the claims in one transaction."""
