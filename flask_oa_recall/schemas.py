@@ -70,7 +70,7 @@ class RecallBodySchema(Schema):
     CallbackCommand = fields.String(required=True)
     Official_Account = fields.String(required=True, validate=validate.Length(min=1))
     # Nested(many=True) rather than List(Nested(...)): one load over the entries instead of one
-    # per entry, about 40 % less per MsgKey (bench/RESULTS.md).
+    # per entry: about a quarter less per MsgKey (measured with python -m bench.profile).
     WithdrawMsgList = fields.Nested(
         WithdrawMsgSchema, many=True, required=True, validate=validate.Length(min=1)
     )
