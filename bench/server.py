@@ -90,7 +90,9 @@ class GunicornServer:
         self.process = subprocess.Popen(
             command,
             env=full_env,
-            cwd=REPO,
+            # Not the repository: gunicorn puts its working directory first on sys.path, which
+            # would shadow a copy given in PYTHONPATH.
+            cwd=log_dir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=(lambda: pin(cpus)) if cpus else None,
