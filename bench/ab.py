@@ -9,13 +9,14 @@ order and prints each one's median worker CPU per request. It is how the changes
 from __future__ import annotations
 
 import argparse
+import secrets
 import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .load import run_load
-from .run import choose_cpus, server_env, warm_up
+from .run import choose_cpus, clean_redis, server_env, warm_up
 from .server import GunicornServer, pin
 from .setups import FLOOR_SETUP, SETUPS
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = next(s for s in SETUPS if s.slug == args.slug)
     server_cpus, load_cpus = choose_cpus()
     pin(load_cpus)
-    prefix = "oa-recall-bench-ab:"
+    prefix = f"oa-recall-bench-ab-{secrets.token_hex(4)}:"
     cpu: dict[str, list[float]] = {"floor": [], "A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="oa-recall-ab-") as tmp:
         base = Path(tmp)
@@ -73,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 server.stop()
+            if setup.store == "redis":
+                clean_redis(prefix)
     floor = statistics.median(cpu["floor"])
     for name, values in cpu.items():
         median = statistics.median(values)

@@ -109,7 +109,7 @@ def measure(
                 )  # fmt: skip
                 counts = key_counts if receivers == 1 else (1,)
                 for keys in counts:
-                    requests = max(10, budget // keys) if keys > 1 else budget
+                    requests = max(30, budget // keys) if keys > 1 else budget
                     us = time_requests(app, Traffic(keys=keys), requests=requests, repeats=repeats)
                     points.append(Point(store, keys, receivers, us))
                     progress(f"in-process {store}: {keys} keys, {receivers} receivers: {us:.1f} µs")

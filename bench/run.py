@@ -131,16 +131,27 @@ def redis_unavailable() -> str | None:
     return None
 
 
-def clean_redis(prefix: str) -> int:
-    """Delete the keys this run wrote under ``prefix`` in database 13."""
+def clean_redis(prefix: str, url: str = REDIS_BASE_URL) -> int:
+    """Delete the keys this run wrote under ``prefix`` (database 13 unless ``url`` says).
+
+    The store puts its prefix in a hash tag (``{prefix}:d:...``); plain ``prefix...`` keys are
+    matched too, should a store version not tag them.
+    """
     import redis
 
-    client = redis.Redis.from_url(REDIS_BASE_URL)
+    client = redis.Redis.from_url(url)
+    removed = 0
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-        return len(keys)
+        for pattern in (f"{{{prefix}}}*", f"{prefix}*"):
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 500:
+                    removed += client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                removed += client.unlink(*batch)
+        return removed
     finally:
         client.close()
 

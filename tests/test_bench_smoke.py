@@ -5,9 +5,11 @@ No figure is asserted (the machine is shared and noisy); only that every expecte
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,34 @@ def test_bench_with_wrk_writes_the_server_table(tmp_path: Path) -> None:
     for row in EXPECTED_ROWS[:2]:
         assert row in text
     assert "Load generator: wrk" in text
+
+
+@pytest.mark.redis
+def test_bench_redis_cleanup_removes_every_key_the_store_wrote(redis_url: str) -> None:
+    import redis
+
+    from bench.run import clean_redis
+    from flask_oa_recall.store import NewDelivery
+    from flask_oa_recall.store.redis import RedisStore
+
+    prefix = f"oa-recall-bench-test-{secrets.token_hex(4)}:"
+    store = RedisStore(f"{redis_url}?prefix={prefix}")
+    delivery = NewDelivery(
+        id=f"{secrets.token_hex(6)}",
+        received_at=time.time(),
+        sdk_app_id=1400000000,
+        command="OfficialAccount.CallbackAfterMsgWithDraw",
+        query={"SdkAppid": "1400000000"},
+        body="{}",
+        official_account="@TOA#_bench",
+        msg_keys=("k1", "k2"),
+    )
+    store.begin(delivery, 60)
+    store.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert any(True for _ in client.scan_iter(match=f"*{prefix}*"))
+        assert clean_redis(prefix, redis_url) > 0
+        assert not any(True for _ in client.scan_iter(match=f"*{prefix}*"))
+    finally:
+        client.close()
