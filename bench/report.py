@@ -78,6 +78,7 @@ def render(
     pinned: tuple[set[int] | None, set[int] | None],
     notes: Sequence[str],
     served_seconds: float,
+    command: str = "python -m bench",
 ) -> str:
     """The whole results page."""
     servers, load = pinned
@@ -86,6 +87,7 @@ def render(
         "",
         "Written by `python -m bench` (see `bench/README.md`); figures from one run, not edited.",
         "",
+        f"- Command: `{command}`",
         f"- Date: {machine.date}",
         f"- Machine: {machine.cpu}, {machine.cores} cores; {machine.python}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine.versions.items()),

@@ -365,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pinned=(server_cpus, load_cpus),
         notes=notes,
         served_seconds=served_seconds,
+        command=" ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
     )
     args.output.write_text(text)
     print(text)

@@ -54,6 +54,7 @@ def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path)
     assert "| sqlite | " in text
     assert "- Machine: " in text
     assert "- Date: " in text
+    assert "- Command: `python -m bench --quick" in text
 
 
 @pytest.mark.e2e
