@@ -79,7 +79,17 @@ def run(app: Flask, store: Store, prepared: Prepared, slow_seconds: float) -> Ou
         d.command, prepared.body, prepared.query, d.sdk_app_id, d.id, d.received_at,
         prepared.attempt,
     )  # fmt: skip
-    outcome = dispatch(app, prepared.claim, callback, prepared.event, slow_seconds=slow_seconds)
+    failed_before = frozenset(
+        name for name, result in getattr(d, "receivers", {}).items() if result == "failed"
+    )
+    outcome = dispatch(
+        app,
+        prepared.claim,
+        callback,
+        prepared.event,
+        slow_seconds=slow_seconds,
+        failed_before=failed_before,
+    )
     if prepared.kept:
         finish(app, store, d.id, prepared.claim, outcome)
     return outcome

@@ -56,10 +56,24 @@ def _report(app: Flask, name: str, signal_name: str, exc: Exception, delivery_id
         logger.exception("a receiver of receiver_failed raised; ignored")
 
 
-def _receivers(signal: Signal, app: Flask) -> list[Callable[..., Any]]:
+def named_receivers(
+    signal: Signal, app: Flask, prefix: str
+) -> list[tuple[str, Callable[..., Any]]]:
+    """The receivers of ``signal`` for ``app``, each with the name its progress is kept under.
+
+    Names must be unique, or one receiver's success would count for another: two receivers with
+    the same dotted name (two ``functools.partial`` objects, closures from one factory) get
+    ``#2``, ``#3``... in the order they were connected.
+    """
     if not signal.receivers:
         return []
-    return list(signal.receivers_for(app))
+    named: list[tuple[str, Callable[..., Any]]] = []
+    seen: dict[str, int] = {}
+    for receiver in signal.receivers_for(app):
+        name = prefix + receiver_name(receiver)
+        seen[name] = count = seen.get(name, 0) + 1
+        named.append((name if count == 1 else f"{name}#{count}", receiver))
+    return named
 
 
 def dispatch(
@@ -69,11 +83,14 @@ def dispatch(
     event: RecallEvent | None,
     *,
     slow_seconds: float,
+    failed_before: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Send ``callback_received`` and, for a recall, ``messages_recalled`` to each receiver.
 
     A receiver that already succeeded (per ``claim``) is skipped; one that raises is logged,
-    reported through ``receiver_failed`` and recorded, and the others still run.
+    reported through ``receiver_failed`` and recorded, and the others still run. A receiver in
+    ``failed_before`` (a replay's earlier failures) that is not connected now counts as failed
+    again, so that its messages are not finished without it.
     """
     started = time.perf_counter()
     results: dict[str, str] = {}
@@ -81,8 +98,9 @@ def dispatch(
     failed: set[str] = set()
     first_error: str | None = None
 
-    for receiver in _receivers(callback_received, app):
-        name = "callback_received:" + receiver_name(receiver)
+    connected: set[str] = set()
+    for name, receiver in named_receivers(callback_received, app, "callback_received:"):
+        connected.add(name)
         if name in claim.receivers_ok:
             continue
         try:
@@ -95,8 +113,8 @@ def dispatch(
             results[name] = "ok"
 
     if event is not None and claim.owned:
-        for receiver in _receivers(messages_recalled, app):
-            name = "messages_recalled:" + receiver_name(receiver)
+        for name, receiver in named_receivers(messages_recalled, app, "messages_recalled:"):
+            connected.add(name)
             keys = [k for k in event.msg_keys if k in claim.owned and name not in claim.owned[k]]
             if not keys:
                 continue
@@ -112,6 +130,18 @@ def dispatch(
                 results[name] = "ok"
                 for key in keys:
                     succeeded.setdefault(key, set()).add(name)
+
+    for name in sorted(failed_before - connected):
+        results[name] = "failed"
+        if name.startswith("messages_recalled:"):
+            failed.update(k for k, done in claim.owned.items() if name not in done)
+        first_error = first_error or f"{name}: not connected in this process"
+        logger.error(
+            "receiver %s failed for delivery %s before and is not connected now; connect it"
+            " and replay again",
+            name,
+            callback.delivery_id,
+        )
 
     if first_error is not None:
         status = DeliveryStatus.FAILED

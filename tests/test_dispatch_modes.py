@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -136,3 +137,58 @@ def test_store_failing_at_finish_leaves_the_delivery_pending(
     assert len(events) == 1
     assert [d.status for d in store.deliveries()] == ["pending"]
     assert any(r.levelname == "ERROR" and "stays pending" in r.getMessage() for r in caplog.records)
+
+
+def _handler(target: str, calls: list[str], broken: set[str], sender: Flask, **kw: Any) -> None:
+    calls.append(target)
+    if target in broken:
+        raise RuntimeError(f"{target} is down")
+
+
+def _replay(app: Flask) -> str:
+    (delivery,) = store_of(app).deliveries()
+    with app.app_context():
+        return run(app, store_of(app), prepare_replay(store_of(app), delivery.id, 60), 1.0).status
+
+
+def test_receivers_with_the_same_name_are_told_apart(make_app: AppFactory) -> None:
+    app = make_app()
+    calls: list[str] = []
+    broken = {"search"}
+    mirror = partial(_handler, "mirror", calls, broken)
+    search = partial(_handler, "search", calls, broken)
+    with messages_recalled.connected_to(mirror, app), messages_recalled.connected_to(search, app):
+        post(app)
+        (delivery,) = store_of(app).deliveries()
+        assert sorted(delivery.receivers) == [
+            "messages_recalled:functools.partial",
+            "messages_recalled:functools.partial#2",
+        ]
+        broken.clear()
+        assert _replay(app) == "done"
+    assert calls == ["mirror", "search", "search"]
+
+
+def test_replay_without_the_failed_receiver_connected_finishes_nothing(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    calls: list[str] = []
+
+    def steady(sender: Flask, **kw: Any) -> None:
+        calls.append("steady")
+
+    def flaky(sender: Flask, **kw: Any) -> None:
+        calls.append("flaky")
+        if len(calls) < 3:
+            raise RuntimeError("down")
+
+    with messages_recalled.connected_to(steady, app):
+        with messages_recalled.connected_to(flaky, app):
+            post(app)
+        # A process whose app factory does not connect ``flaky`` replays it.
+        assert _replay(app) == "failed"
+        assert calls == ["steady", "flaky"]
+        with messages_recalled.connected_to(flaky, app):
+            assert _replay(app) == "done"
+    assert calls == ["steady", "flaky", "flaky"]
