@@ -8,13 +8,13 @@ from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .delivery import new_delivery_id, run, start
 from .errors import CallbackRejected
 from .events import RECALL_COMMAND
 from .parsing import build_recall_event, parse_body, resolve_command
-from .responses import ok_response, reject_response
+from .responses import REJECTIONS, ok_response, reject_response
 from .security import canonical_query, check_sdk_app_id, check_signature
 from .signals import callback_rejected
 from .state import get_state, setup_app
@@ -32,10 +32,11 @@ def _read_body(limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise CallbackRejected("body_too_large")
-    stream = request.stream
     chunks: list[bytes] = []
     size = 0
     try:
+        # Inside the try: with the host's MAX_CONTENT_LENGTH set, Werkzeug refuses here.
+        stream = request.stream
         while size <= limit:
             chunk = stream.read(limit + 1 - size)
             if not chunk:
@@ -46,6 +47,8 @@ def _read_body(limit: int) -> bytes:
                 break  # all of it: no need for one more read to learn the body ended
     except ClientDisconnected:
         raise CallbackRejected("incomplete_body") from None
+    except RequestEntityTooLarge:
+        raise CallbackRejected("body_too_large") from None
     except Exception as err:
         # The server's input stream failed: gunicorn raises its own errors (NoMoreData,
         # InvalidChunkSize...) for a chunked body that breaks off or is malformed.
@@ -149,7 +152,9 @@ def callback() -> Response:
 
     outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
     if not prepared.kept and outcome.error is not None:
-        return _reject(app, CallbackRejected("delivery_not_kept"))
+        # Not a rejection (the receivers ran, store_failed was sent): the sender is asked to
+        # send it again because nothing kept the failure for a replay.
+        return reject_response(REJECTIONS["delivery_not_kept"])
     return ok_response()
 
 

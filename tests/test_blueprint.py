@@ -464,3 +464,11 @@ def test_signed_query_helper_round_trips(app: Flask, client: FlaskClient) -> Non
         response = client.post(f"{PATH}?{signed_query(app)}", data=GOOD)
     assert envelope(response) == OK
     assert len(events) == 1
+
+
+def test_host_max_content_length_still_gets_the_json_413(make_app: AppFactory) -> None:
+    app = make_app()
+    app.config["MAX_CONTENT_LENGTH"] = 100
+    response = app.test_client().post(url(**signed()), data=b"{" * 150)
+    assert response.status_code == 413
+    assert envelope(response)["ErrorCode"] == 41301
