@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,7 @@ def _tokens(value: Any, sdk_app_ids: frozenset[int]) -> dict[int, tuple[str, ...
 def parse_settings(config: Mapping[str, Any]) -> Settings:
     """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault."""
     raw_ids = config.get("OA_RECALL_SDKAPPID")
-    if raw_ids is None or raw_ids == [] or raw_ids == "":
+    if raw_ids is None or raw_ids == "" or (isinstance(raw_ids, Collection) and not raw_ids):
         raise RuntimeError(
             "OA_RECALL_SDKAPPID is not set: set it to your app's SDKAppID from the Chat console"
             " (an int, or a list of ints)."
@@ -155,9 +156,6 @@ class SettingsCache:
         raw = tuple(config.get(k) for k in _KEYS)
         if self._settings is None or raw != self._raw:
             self._settings = parse_settings(config)
-            # Copies, so that later in-place edits of a list in config are noticed.
-            self._raw = tuple(
-                dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v
-                for v in raw
-            )
+            # A deep copy, so that later in-place edits (a token appended) are noticed.
+            self._raw = copy.deepcopy(raw)
         return self._settings

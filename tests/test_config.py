@@ -115,3 +115,17 @@ def test_an_app_id_without_tokens_in_the_dict_form_is_warned_about(
     assert record.levelname == "WARNING"
     assert "SdkAppid 2" in record.getMessage()
     assert "secret-one" not in record.getMessage()
+
+
+@pytest.mark.parametrize("empty", [(), set(), frozenset()], ids=["tuple", "set", "frozenset"])
+def test_an_empty_collection_of_app_ids_fails_at_start_up(empty: object) -> None:
+    with pytest.raises(RuntimeError, match="OA_RECALL_SDKAPPID is not set"):
+        parse_settings({"OA_RECALL_SDKAPPID": empty})
+
+
+def test_cache_notices_a_token_appended_inside_the_dict_form() -> None:
+    cache = SettingsCache()
+    config: dict[str, Any] = {"OA_RECALL_SDKAPPID": 1, "OA_RECALL_TOKENS": {1: ["a"]}}
+    cache.get(config)
+    config["OA_RECALL_TOKENS"][1].append("b")
+    assert cache.get(config).tokens == {1: ("a", "b")}
