@@ -28,7 +28,9 @@ class RecalledMessage:
     def server_time(self) -> int | None:
         """The send time in seconds encoded in an ``Seq_1_ServerTime`` MsgKey, else ``None``."""
         parts = self.msg_key.split("_")
-        return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
+        return (
+            int(parts[2]) if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() else None
+        )
 
 
 @dataclass(frozen=True)

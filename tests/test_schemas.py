@@ -73,3 +73,8 @@ def test_broken_field_is_named_in_the_error(changes: dict[str, Any], field: str)
 def test_server_time_is_read_from_a_standard_msg_key() -> None:
     assert RecalledMessage("71_1_1698741698").server_time == 1698741698
     assert RecalledMessage("opaque").server_time is None
+
+
+def test_server_time_ignores_non_ascii_digits() -> None:
+    assert RecalledMessage("1_1_\u00b2").server_time is None
+    assert RecalledMessage("1_1_\u0661\u0662").server_time is None
