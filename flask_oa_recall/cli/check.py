@@ -12,6 +12,7 @@ from ..config import TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import receiver_name
 from ..signals import callback_received, messages_recalled
 from ..state import get_state
+from ..store.url import redact_url
 from . import oa_recall_cli
 
 __all__ = ["Finding", "check_command", "run_checks"]
@@ -112,7 +113,11 @@ def _body_limit(settings: Settings) -> Iterator[Finding]:
 
 
 def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
-    url = settings.store_url or "sqlite (oa_recall.sqlite3 in the instance folder)"
+    url = (
+        redact_url(settings.store_url)
+        if settings.store_url
+        else "sqlite (oa_recall.sqlite3 in the instance folder)"
+    )
     try:
         store = get_state(app).store(settings)
         store.ping()
@@ -124,7 +129,7 @@ def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
             " callbacks would not be kept.",
         )
         return
-    shown = store.url
+    shown = redact_url(store.url)
     if shown.startswith("memory:"):
         yield Finding(
             WARN,

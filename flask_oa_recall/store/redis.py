@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,6 +34,7 @@ from redis.retry import Retry
 
 from ..errors import StoreError
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from .url import redact_url
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
 
@@ -288,14 +289,7 @@ def _split_url(url: str) -> tuple[str, str]:
     return (f"{base}?{urlencode(rest)}" if rest else base), prefix
 
 
-def _masked(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+_masked = redact_url
 
 
 def _to_delivery(fields: Mapping[str, str]) -> Delivery:
