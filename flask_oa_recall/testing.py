@@ -33,6 +33,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from .config import parse_settings
 from .events import RECALL_COMMAND, Callback, RecallEvent
 from .security import sign
 from .signals import (
@@ -159,14 +160,17 @@ def after_add_subscriber_body(
 
 
 def _config_defaults(app: Flask | None) -> tuple[int | None, str | None]:
-    if app is None:
+    if app is None or app.config.get("OA_RECALL_SDKAPPID") is None:
         return None, None
-    ids = app.config.get("OA_RECALL_SDKAPPID")
-    sdk_app_id = ids[0] if isinstance(ids, list | tuple) else ids
-    tokens = app.config.get("OA_RECALL_TOKENS") or []
-    if isinstance(tokens, Mapping):
-        tokens = tokens.get(sdk_app_id) or tokens.get(str(sdk_app_id)) or []
-    return (int(sdk_app_id) if sdk_app_id is not None else None), (tokens[0] if tokens else None)
+    # The extension's own parsing, so every form the config accepts works here too.
+    settings = parse_settings(app.config)
+    configured = app.config["OA_RECALL_SDKAPPID"]
+    if isinstance(configured, list | tuple) and configured:
+        sdk_app_id = int(configured[0])
+    else:
+        sdk_app_id = min(settings.sdk_app_ids)
+    tokens = settings.tokens.get(sdk_app_id, ())
+    return sdk_app_id, (tokens[0] if tokens else None)
 
 
 def signed_query(

@@ -11,7 +11,13 @@ import pytest
 from flask import Flask
 
 import flask_oa_recall.testing as testing
-from flask_oa_recall import RECALL_COMMAND, RecallEvent, create_blueprint, messages_recalled
+from flask_oa_recall import (
+    RECALL_COMMAND,
+    OARecall,
+    RecallEvent,
+    create_blueprint,
+    messages_recalled,
+)
 from flask_oa_recall.testing import (
     ADD_SUBSCRIBER_COMMAND,
     DEFAULT_MSG_KEY,
@@ -331,3 +337,26 @@ def test_capture_records_store_failures_and_the_recall_still_reaches_receivers(
     assert seen.msg_keys == ["4_1_4"]
     assert len(seen.store_failures) >= 1
     assert "cannot open SQLite store" in str(seen.store_failures[0])
+
+
+@pytest.mark.parametrize(
+    ("app_ids", "tokens"),
+    [
+        ({1400000000}, ["tok"]),
+        ("1400000000", {1400000000: ["tok"]}),
+        ([1400000000, 7], {"1400000000": ["tok"]}),
+    ],
+    ids=["set", "string-id-int-keys", "list-string-keys"],
+)
+def test_signed_query_reads_every_config_form_the_extension_accepts(
+    tmp_path: Path, app_ids: object, tokens: object
+) -> None:
+    app = Flask("forms", instance_path=str(tmp_path))
+    app.config.update(
+        OA_RECALL_SDKAPPID=app_ids, OA_RECALL_TOKENS=tokens, OA_RECALL_STORE="memory://"
+    )
+    OARecall(app)
+    response = app.test_client().post(
+        f"/tencent-im/callback?{signed_query(app)}", data=json.dumps(recall_body())
+    )
+    assert response.status_code == 200
