@@ -39,7 +39,6 @@ class DeliveryStatus:
     DUPLICATE = "duplicate"
     """Every message in it had already been dispatched, or is being dispatched elsewhere."""
 
-    ALL = ("pending", "done", "failed", "duplicate")
 
 
 class DeliveryBusy(Exception):

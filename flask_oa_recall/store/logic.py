@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["MessageState", "merge_receivers", "try_claim"]
+__all__ = ["MessageState", "merge_receivers", "release", "try_claim"]
 
 
 @dataclass
