@@ -40,7 +40,6 @@ class DeliveryStatus:
     """Every message in it had already been dispatched, or is being dispatched elsewhere."""
 
 
-
 class DeliveryBusy(Exception):
     """``resume`` found the delivery leased by a live worker."""
 
