@@ -112,9 +112,12 @@ def dispatch(
         else:
             results[name] = "ok"
 
+    recall_receivers = (
+        named_receivers(messages_recalled, app, "messages_recalled:") if event is not None else []
+    )
+    connected.update(name for name, _ in recall_receivers)
     if event is not None and claim.owned:
-        for name, receiver in named_receivers(messages_recalled, app, "messages_recalled:"):
-            connected.add(name)
+        for name, receiver in recall_receivers:
             keys = [k for k in event.msg_keys if k in claim.owned and name not in claim.owned[k]]
             if not keys:
                 continue
@@ -132,9 +135,14 @@ def dispatch(
                     succeeded.setdefault(key, set()).add(name)
 
     for name in sorted(failed_before - connected):
-        results[name] = "failed"
         if name.startswith("messages_recalled:"):
-            failed.update(k for k, done in claim.owned.items() if name not in done)
+            if event is None:
+                continue
+            missed = [k for k, done in claim.owned.items() if name not in done]
+            if not missed:
+                continue  # every message it failed on was finished since
+            failed.update(missed)
+        results[name] = "failed"
         first_error = first_error or f"{name}: not connected in this process"
         logger.error(
             "receiver %s failed for delivery %s before and is not connected now; connect it"
