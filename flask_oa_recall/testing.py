@@ -33,7 +33,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from .config import parse_settings
+from .config import DEFAULTS, parse_settings
 from .events import RECALL_COMMAND, Callback, RecallEvent
 from .security import sign
 from .signals import (
@@ -226,7 +226,7 @@ def callback_path(app: Flask) -> str:
     for rule in app.url_map.iter_rules():
         if app.view_functions.get(rule.endpoint) is callback:
             return rule.rule
-    path: str = app.config.get("OA_RECALL_PATH", "/tencent-im/callback")
+    path: str = app.config.get("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
     return path
 
 

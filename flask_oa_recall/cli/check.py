@@ -9,7 +9,7 @@ import click
 from flask import Flask, current_app
 
 from ..config import TENCENT_TIMEOUT_SECONDS, Settings
-from ..dispatch import receiver_name
+from ..dispatch import named_receivers
 from ..signals import callback_received, messages_recalled
 from ..state import get_state
 from ..store.url import redact_url
@@ -142,7 +142,7 @@ def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
 
 
 def _receivers(app: Flask) -> Iterator[Finding]:
-    names = [receiver_name(r) for r in messages_recalled.receivers_for(app)]
+    names = [name for name, _ in named_receivers(messages_recalled, app, "")]
     if names:
         yield Finding(OK, "receivers", f"messages_recalled: {', '.join(names)}")
     else:
@@ -153,7 +153,7 @@ def _receivers(app: Flask) -> Iterator[Finding]:
             " and kept, but nothing takes the messages down. Connect a receiver where the app"
             " is created (@messages_recalled.connect_via(app)).",
         )
-    others = [receiver_name(r) for r in callback_received.receivers_for(app)]
+    others = [name for name, _ in named_receivers(callback_received, app, "")]
     if others:
         yield Finding(OK, "receivers", f"callback_received: {', '.join(others)}")
 

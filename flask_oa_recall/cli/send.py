@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 from flask import current_app
 
+from ..config import TENCENT_TIMEOUT_SECONDS
 from ..events import RECALL_COMMAND
 from ..responses import OK_BODY
 from ..testing import (
@@ -29,7 +30,7 @@ __all__ = ["send_command"]
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
 
 #: How long Tencent waits for an answer.
-_BUDGET_SECONDS = 2.0
+_BUDGET_SECONDS = TENCENT_TIMEOUT_SECONDS
 
 _OK = json.loads(OK_BODY)
 
