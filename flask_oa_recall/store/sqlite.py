@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS oa_recall_messages (
 CREATE TABLE IF NOT EXISTS oa_recall_meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
+#: The schema's last table: when it exists, the whole script has run (it runs in one transaction).
+_SCHEMA_PRESENT = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oa_recall_meta'"
+
 _COLUMNS = (
     "id, received_at, updated_at, sdk_app_id, command, query, body, official_account,"
     " msg_keys, status, attempts, receivers, last_error, lease_until"
@@ -141,20 +144,46 @@ class SQLiteStore:
             directory = os.path.dirname(self.path)
             if directory:
                 os.makedirs(directory, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )  # fmt: skip
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # On every new connection, not once per store: the file may have been replaced
-            # since (a deleted file, a fresh volume), and IF NOT EXISTS makes this cheap.
-            conn.executescript(_SCHEMA)
+            conn = self._open()
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open SQLite store {self.path}: {err}") from err
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection in WAL mode with the schema in place.
+
+        Workers that start together open their connections together, and changing the journal
+        mode or creating tables can answer "database is locked" at once instead of waiting, so
+        that is retried until the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # On every new connection, not once per store: the file may have been replaced
+                # since (a deleted file, a fresh volume). Only when missing, so that a file that
+                # cannot be written can still be read (``flask oa-recall deliveries``).
+                if not conn.execute(_SCHEMA_PRESENT).fetchone():
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("COMMIT")
+                return conn
+            except sqlite3.OperationalError as err:
+                conn.close()
+                locked = "locked" in str(err) or "busy" in str(err)
+                if not locked or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _failed(self, err: sqlite3.Error) -> StoreError:
         # A connection that failed may stay broken (one that found the file read-only stays
