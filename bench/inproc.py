@@ -85,6 +85,7 @@ def time_requests(app: Flask, traffic: Traffic, *, requests: int, repeats: int) 
 def measure(
     *,
     stores: Sequence[str] = ("memory", "sqlite"),
+    redis_url: str | None = None,
     key_counts: Iterable[int] = KEY_COUNTS,
     receiver_counts: Iterable[int] = RECEIVER_COUNTS,
     budget: int = 2000,
@@ -94,6 +95,7 @@ def measure(
     """Measure every (store, keys) with one receiver and every (store, receivers) with one key.
 
     Returns the points and the floor's µs per request. ``budget`` bounds MsgKeys per repeat.
+    ``redis_url`` is the store URL (with its own ``?prefix=``) of the ``redis`` store.
     """
     points: list[Point] = []
     key_counts = tuple(key_counts)
@@ -101,7 +103,7 @@ def measure(
     floor_us = time_requests(create_floor(), Traffic(), requests=budget, repeats=repeats)
     with tempfile.TemporaryDirectory(prefix="oa-recall-bench-") as tmp:
         for store in stores:
-            url = "memory://" if store == "memory" else None
+            url = {"memory": "memory://", "redis": redis_url}.get(store)
             for receivers in sorted({1, *receiver_counts}):
                 app = create_extension(
                     store=url, signed=True, receivers=receivers,

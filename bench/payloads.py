@@ -20,11 +20,33 @@ OFFICIAL_ACCOUNT = "@TOA#_bench"
 
 
 @dataclass(frozen=True)
+class Kind:
+    """A kind of non-recall body: its command and a template.
+
+    In ``template``, ``$ID`` becomes an id unique to each request and ``$TIME`` the event time
+    in milliseconds (the same in Python and in the wrk script).
+    """
+
+    command: str
+    template: str
+
+
+#: Non-recall bodies by ``Traffic.kind``; ``recall`` and ``duplicates`` are built in. Add one here.
+KINDS: dict[str, Kind] = {
+    "other": Kind(
+        OTHER_COMMAND,
+        f'{{"CallbackCommand":"{OTHER_COMMAND}","From_Account":"alice","To_Account":"bob",'
+        '"MsgKey":"$ID","MsgBody":[],"EventTime":$TIME}',
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Traffic:
     """The shape of the callbacks a set-up receives.
 
     :param kind: ``recall`` (unique keys), ``duplicates`` (the same key every time) or
-        ``other`` (a non-recall command).
+        a name in :data:`KINDS` (``other``: a non-recall command).
     :param keys: MsgKeys per recall callback.
     :param signed: whether the query carries ``Sign``/``RequestTime``.
     """
@@ -36,7 +58,8 @@ class Traffic:
     @property
     def command(self) -> str:
         """The ``CallbackCommand`` sent."""
-        return OTHER_COMMAND if self.kind == "other" else RECALL_COMMAND
+        kind = KINDS.get(self.kind)
+        return kind.command if kind else RECALL_COMMAND
 
 
 def target(traffic: Traffic, now: float | None = None) -> str:
@@ -58,11 +81,10 @@ def target(traffic: Traffic, now: float | None = None) -> str:
 def body(traffic: Traffic, prefix: str, counter: int) -> bytes:
     """The body of request number ``counter`` of a connection whose keys start with ``prefix``."""
     event_time = int(time.time() * 1000)
-    if traffic.kind == "other":
-        return (
-            f'{{"CallbackCommand":"{OTHER_COMMAND}","From_Account":"alice","To_Account":"bob",'
-            f'"MsgKey":"{prefix}_{counter}","MsgBody":[],"EventTime":{event_time}}}'
-        ).encode()
+    kind = KINDS.get(traffic.kind)
+    if kind is not None:
+        text = kind.template.replace("$ID", f"{prefix}_{counter}")
+        return text.replace("$TIME", str(event_time)).encode()
     if traffic.kind == "duplicates":
         names = [f"dup_{i}" for i in range(traffic.keys)]
     else:
@@ -87,9 +109,11 @@ function init(args)
   prefix = "@RUN_ID@_" .. tid
 end
 local function make_body()
-  if "@KIND@" == "other" then
-    return string.format('{"CallbackCommand":"@OTHER@","From_Account":"alice","To_Account":"bob",'
-      .. '"MsgKey":"%s_%d","MsgBody":[],"EventTime":@EVENT_TIME@}', prefix, n)
+  local template = [==[@TEMPLATE@]==]
+  if template ~= "" then
+    local text = string.gsub(template, "%$ID", prefix .. "_" .. n)
+    text = string.gsub(text, "%$TIME", "@EVENT_TIME@")
+    return text
   end
   local keys = {}
   for i = 1, @KEYS@ do
@@ -123,7 +147,7 @@ def wrk_script(traffic: Traffic, run_id: str) -> str:
         "RUN_ID": run_id,
         "KIND": traffic.kind,
         "KEYS": str(traffic.keys),
-        "OTHER": OTHER_COMMAND,
+        "TEMPLATE": KINDS[traffic.kind].template if traffic.kind in KINDS else "",
         "RECALL": RECALL_COMMAND,
         "OA": OFFICIAL_ACCOUNT,
         "EVENT_TIME": str(int(time.time() * 1000)),

@@ -58,6 +58,7 @@ class Row:
     setup: Setup
     samples: list[Sample] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
+    hand_ratios: list[float] = field(default_factory=list)
     peak_rss_kib: int = 0
 
     def median(self, attribute: str) -> float:
@@ -169,14 +170,14 @@ def choose_cpus() -> tuple[set[int] | None, set[int] | None]:
 def server_env(setup: Setup, instance: Path, redis_prefix: str) -> dict[str, str]:
     """The ``BENCH_*`` variables of ``setup``'s server."""
     if setup.is_floor:
-        return {"BENCH_APP": "floor"}
+        return {"BENCH_APP": setup.app}
     store = {
         "memory": "memory://",
         "sqlite": "",
         "redis": f"{REDIS_BASE_URL}?prefix={redis_prefix}",
     }[setup.store or ""]
     return {
-        "BENCH_APP": "extension",
+        "BENCH_APP": setup.app,
         "BENCH_STORE": store,
         "BENCH_SIGNED": "1" if setup.traffic.signed else "0",
         "BENCH_RECEIVERS": "1",
@@ -251,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             print(f"unknown set-up(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
+        # A set-up compared with a hand-written route brings that route along.
+        wanted |= {s.handwritten for s in SETUPS if s.slug in wanted and s.handwritten}
         setups = [s for s in setups if s.slug in wanted]
     if any(s.store == "redis" for s in setups):
         why = "--no-redis was given" if args.no_redis else redis_unavailable()
@@ -325,6 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         latency_rows[latency_setup.slug].ratios.append(
                             f8.cpu_us_per_request / e8.cpu_us_per_request
                         )
+                for row in rows.values():
+                    hand = rows.get(row.setup.handwritten or "")
+                    mine = [x for x in row.samples if x.round == round_]
+                    theirs = [x for x in hand.samples if x.round == round_] if hand else []
+                    if mine and theirs and mine[-1].cpu_us_per_request:
+                        row.hand_ratios.append(
+                            theirs[-1].cpu_us_per_request / mine[-1].cpu_us_per_request
+                        )
                 summary = ", ".join(
                     f"{row.setup.slug} {row.ratios[-1]:.2f}" for row in rows.values() if row.ratios
                 )
@@ -344,13 +355,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_inproc:
         key_counts = tuple(int(k) for k in args.inproc_keys.split(","))
         pin(server_cpus)
+        with_redis = any(s.store == "redis" for s in setups)
         points, floor_us = inproc.measure(
+            stores=("memory", "sqlite", "redis") if with_redis else ("memory", "sqlite"),
+            redis_url=f"{REDIS_BASE_URL}?prefix={redis_prefix}",
             key_counts=key_counts,
             budget=args.inproc_requests,
             repeats=3 if args.quick else 5,
             progress=log,
         )
         pin(load_cpus)
+        if with_redis:
+            clean_redis(redis_prefix)
 
     text = render(
         Machine.describe(),
@@ -378,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         slug: {
                             "samples": [asdict(s) for s in row.samples],
                             "ratios": row.ratios,
+                            "hand_ratios": row.hand_ratios,
                             "peak_rss_kib": row.peak_rss_kib,
                         }
                         for slug, row in rows.items()

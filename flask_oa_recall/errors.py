@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .responses import REJECTIONS, Rejection
 
-__all__ = ["CallbackRejected", "OARecallError", "StoreError"]
+__all__ = ["CallbackRejected", "LayoutError", "OARecallError", "StoreError"]
 
 
 class OARecallError(Exception):
@@ -27,3 +27,8 @@ class CallbackRejected(OARecallError):
 
 class StoreError(OARecallError):
     """The delivery store could not be read or written."""
+
+
+class LayoutError(StoreError):
+    """The store holds a layout this package cannot use as it is: written by a newer version
+    of the package, or an older one that must be migrated by a command the message names."""

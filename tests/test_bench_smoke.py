@@ -20,6 +20,9 @@ EXPECTED_ROWS = (
     "| floor: bare Flask route",
     "| memory store, signed, 1 MsgKey |",
     "| SQLite (default), signed, 1 MsgKey |",
+    # Brought along by --only: the hand-written routes the two set-ups are compared with.
+    "| hand-written route (Sign, schema, at most once, nothing kept), a set, 1 MsgKey |",
+    "| hand-written route (Sign, schema, at most once, nothing kept), SQLite, 1 MsgKey |",
 )
 
 
@@ -48,6 +51,7 @@ def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path)
     )
     for row in EXPECTED_ROWS:
         assert row in text
+    assert "hand/ext" in text
     assert "## 8 concurrent connections, one sync worker" in text
     assert "### Size of `WithdrawMsgList` (one receiver)" in text
     assert "| memory | " in text
@@ -63,7 +67,7 @@ def test_bench_with_wrk_writes_the_server_table(tmp_path: Path) -> None:
     text = run_bench(
         tmp_path, "memory-signed-1", "--generator", "wrk", "--duration", "1", "--no-inproc"
     )
-    for row in EXPECTED_ROWS[:2]:
+    for row in (*EXPECTED_ROWS[:2], EXPECTED_ROWS[3]):
         assert row in text
     assert "Load generator: wrk" in text
 
@@ -97,3 +101,34 @@ def test_bench_redis_cleanup_removes_every_key_the_store_wrote(redis_url: str) -
         assert not any(True for _ in client.scan_iter(match=f"*{prefix}*"))
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("store", ["memory://", None], ids=["memory", "sqlite"])
+def test_the_hand_written_route_signals_each_msg_key_once_and_refuses_bad_requests(
+    tmp_path: Path, store: str | None
+) -> None:
+    from typing import Any
+
+    from bench.apps import create_handwritten
+    from bench.payloads import Traffic, body, target
+
+    app = create_handwritten(store=store, instance_path=str(tmp_path))
+    signalled: list[list[str]] = []
+
+    def record(sender: Any, **kwargs: Any) -> None:
+        signalled.append(kwargs["msg_keys"])
+
+    app.extensions["bench_recalled"].connect(record)
+    client = app.test_client()
+    url = target(Traffic())
+    data = body(Traffic(keys=2), "smoke", 1)
+    for _ in range(2):
+        answer = client.post(url, data=data)
+        assert answer.status_code == 200
+        assert answer.get_json() == {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
+    assert signalled == [["smoke_1_0", "smoke_1_1"]]
+    path = url.partition("?")[0]
+    assert client.post(url.replace("Sign=", "Sign=0"), data=data).status_code == 401
+    assert client.post(path, data=data).status_code == 403
+    assert client.post(url, data=b"{").status_code == 400
+    assert len(signalled) == 1

@@ -16,6 +16,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..errors import LayoutError
+
 __all__ = [
     "Claim",
     "Delivery",
@@ -24,6 +26,7 @@ __all__ = [
     "NewDelivery",
     "Outcome",
     "Store",
+    "newer_layout",
 ]
 
 
@@ -112,6 +115,18 @@ class Store(Protocol):
 
     url: str
 
+    layout_version: int
+    """The layout (tables, keys) this code reads and writes: a class attribute, 1 for 0.1.0's
+    layout. Each store records the version it holds; opening a store that holds an older one
+    migrates it in one atomic step or raises :class:`~flask_oa_recall.errors.LayoutError`
+    naming the command to run, and a newer one raises ``LayoutError``."""
+
+    def stored_layout_version(self) -> int | None:
+        """The layout version the store records now (``None``: nothing kept there yet).
+
+        Reads only; raises :class:`~flask_oa_recall.StoreError` if the store cannot be read.
+        """
+
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` as pending and claim its messages, atomically."""
 
@@ -140,3 +155,12 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def newer_layout(where: str, found: int, supported: int) -> LayoutError:
+    """The error for a store whose layout was written by a newer version of the package."""
+    return LayoutError(
+        f"{where} holds layout version {found}; this version of flask-oa-recall reads layout"
+        f" version {supported} at most. Upgrade flask-oa-recall on this host"
+        " (pip install -U flask-oa-recall) instead of pointing an older version at it."
+    )

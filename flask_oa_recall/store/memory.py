@@ -19,6 +19,8 @@ MessageId = tuple[int, str, str]
 class MemoryStore:
     """A thread-safe in-process store. Each gunicorn worker would have its own: tests only."""
 
+    layout_version = 1
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._lock = threading.Lock()
@@ -127,6 +129,10 @@ class MemoryStore:
                 del self._finished_at[message]
                 del self._messages[message]
         return len(doomed)
+
+    def stored_layout_version(self) -> int:
+        """Always this code's: nothing outlives the process."""
+        return self.layout_version
 
     def ping(self) -> None:
         """Always reachable."""

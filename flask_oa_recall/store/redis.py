@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import StoreError
-from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .url import redact_url
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
@@ -333,6 +334,8 @@ class RedisStore:
     gunicorn worker gets connections of its own).
     """
 
+    layout_version = 1
+
     def __init__(self, url: str) -> None:
         client_url, self.prefix = _split_url(url)
         self.url = _masked(url)
@@ -363,6 +366,8 @@ class RedisStore:
         self._all = f"{tag}:all"
         self._mdone = f"{tag}:mdone"
         self._ping = f"{tag}:ping"
+        self._layout = f"{tag}:layout"
+        self._layout_checked_in: int | None = None
         self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
         self._begin = self._client.register_script(_BEGIN)
         self._resume = self._client.register_script(_RESUME)
@@ -382,6 +387,29 @@ class RedisStore:
             if self._password:
                 detail = detail.replace(self._password, "***")
             raise StoreError(f"Redis store at {self._where} could not {what}: {detail}") from err
+
+    def stored_layout_version(self) -> int | None:
+        """The layout version recorded under the prefix (``{P}:layout``); 1 when deliveries
+        are kept without a record (0.1.0), ``None`` when nothing is kept."""
+        with self._errors("read its layout version"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self._layout)
+            pipe.exists(self._all, self._mdone)
+            found, exists = pipe.execute()
+        if found is not None:
+            return int(found)
+        return 1 if exists else None
+
+    def _check_layout(self) -> None:
+        """Once per process: refuse a layout newer than this code's."""
+        pid = os.getpid()
+        if self._layout_checked_in == pid:
+            return
+        found = self.stored_layout_version()
+        if found is not None and found > self.layout_version:
+            raise newer_layout(f"Redis store at {self._where} prefix {self.prefix!r}", found,
+                               self.layout_version)  # fmt: skip
+        self._layout_checked_in = pid
 
     def _delivery_key(self, delivery_id: str) -> str:
         return self._delivery_prefix + delivery_id
@@ -428,6 +456,7 @@ class RedisStore:
             *(self._message_prefix + members[key] for key in delivery.msg_keys),
         ]
         args = [delivery.id, repr(float(lease_seconds)), _score(delivery.received_at), *fields]
+        self._check_layout()
         with self._errors(f"keep delivery {delivery.id}"):
             flat = self._begin(keys=keys, args=args)
         return self._claim(delivery.msg_keys, flat, frozenset())
@@ -436,6 +465,7 @@ class RedisStore:
         """Lease ``delivery_id`` again for a replay, in one script."""
         keys = [self._delivery_key(delivery_id), *(self._status[s] for s in _STATUS_KEYS)]
         args = [delivery_id, repr(float(lease_seconds)), self._message_prefix]
+        self._check_layout()
         with self._errors(f"resume delivery {delivery_id}"):
             answer = self._resume(keys=keys, args=args)
         if answer[0] == "missing":
@@ -466,6 +496,7 @@ class RedisStore:
                 json.dumps(sorted(outcome.succeeded.get(key, frozenset()))),
                 "1" if key in outcome.failed else "0",
             ]
+        self._check_layout()
         with self._errors(f"finish delivery {delivery_id}"):
             self._finish(keys=keys, args=args)
 
@@ -513,6 +544,7 @@ class RedisStore:
         keys = [self._all, self._mdone, *(self._status[s] for s in statuses)]
         args = [_score(before), str(_PRUNE_BATCH), self._delivery_prefix, self._message_prefix]
         total = 0
+        self._check_layout()
         with self._errors("prune"):
             while True:
                 deliveries, messages = self._prune(keys=keys, args=args)

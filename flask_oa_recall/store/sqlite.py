@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import StoreError
-from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .logic import MessageState, merge_receivers, release, try_claim
 
 __all__ = ["SQLiteStore"]
@@ -57,6 +58,17 @@ CREATE TABLE IF NOT EXISTS oa_recall_meta (key TEXT PRIMARY KEY, value TEXT);
 
 #: The schema's last table: when it exists, the whole script has run (it runs in one transaction).
 _SCHEMA_PRESENT = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oa_recall_meta'"
+
+#: Where the layout version is recorded; a schema without the row is 0.1.0's layout, version 1.
+_LAYOUT_KEY = "layout_version"
+
+
+def _stored_layout(conn: sqlite3.Connection) -> int | None:
+    if not conn.execute(_SCHEMA_PRESENT).fetchone():
+        return None
+    row = conn.execute("SELECT value FROM oa_recall_meta WHERE key = ?", (_LAYOUT_KEY,)).fetchone()
+    return 1 if row is None else int(row[0])
+
 
 _COLUMNS = (
     "id, received_at, updated_at, sdk_app_id, command, query, body, official_account,"
@@ -130,6 +142,8 @@ class SQLiteStore:
     WAL with ``synchronous=NORMAL`` survives a killed process, not a power cut.
     """
 
+    layout_version = 1
+
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
@@ -177,6 +191,10 @@ class SQLiteStore:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute("COMMIT")
+                found = _stored_layout(conn)
+                if found is not None and found > self.layout_version:
+                    conn.close()
+                    raise newer_layout(f"SQLite store {self.path}", found, self.layout_version)
                 return conn
             except sqlite3.OperationalError as err:
                 conn.close()
@@ -365,6 +383,26 @@ class SQLiteStore:
                 "DELETE FROM oa_recall_messages WHERE done = 1 AND updated_at < ?", (before,)
             )
             return cursor.rowcount
+
+    def stored_layout_version(self) -> int | None:
+        """The layout version recorded in the file (1 when there is a schema but no record).
+
+        Read on a connection of its own, so that it answers for a file of any version.
+        """
+        if not os.path.exists(self.path):
+            return None
+        try:
+            conn = sqlite3.connect(
+                Path(self.path).resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout,
+            )
+            try:
+                return _stored_layout(conn)
+            finally:
+                conn.close()
+        except (sqlite3.Error, ValueError) as err:
+            raise StoreError(f"cannot read the layout of SQLite store {self.path}: {err}") from err
 
     def ping(self) -> None:
         """Check that the file can be read and written."""
