@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from .blueprint import create_blueprint
-from .errors import CallbackRejected, OARecallError, StoreError
+from .decisions import Decision
+from .errors import CallbackRejected, DecidersBusy, DecisionTimeout, OARecallError, StoreError
 from .events import RECALL_COMMAND, Callback, RecalledMessage, RecallEvent
 from .extension import OARecall
 from .responses import REJECTIONS, Rejection
 from .signals import (
     callback_received,
     callback_rejected,
+    decision_failed,
     messages_recalled,
     receiver_failed,
     store_failed,
@@ -20,6 +22,9 @@ __all__ = [
     "REJECTIONS",
     "Callback",
     "CallbackRejected",
+    "DecidersBusy",
+    "Decision",
+    "DecisionTimeout",
     "OARecall",
     "OARecallError",
     "RecallEvent",
@@ -29,6 +34,7 @@ __all__ = [
     "callback_received",
     "callback_rejected",
     "create_blueprint",
+    "decision_failed",
     "messages_recalled",
     "receiver_failed",
     "store_failed",

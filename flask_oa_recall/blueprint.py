@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from .config import Settings
+from .deciders import Verdict, decide, is_before_command, send_decision_failed
+from .decisions import Decision
 from .delivery import new_delivery_id, run, start
 from .errors import CallbackRejected
 from .events import RECALL_COMMAND
-from .parsing import build_recall_event, parse_body, resolve_command
-from .responses import REJECTIONS, ok_response, reject_response
+from .parsing import build_callback, build_recall_event, parse_body, resolve_command
+from .responses import REJECTIONS, answer_response, ok_response, reject_response
 from .security import canonical_query, check_sdk_app_id, check_signature
 from .signals import callback_rejected
-from .state import get_state, setup_app
+from .state import OARecallState, get_state, setup_app
 from .store import NewDelivery
 
 __all__ = ["create_blueprint"]
 
 logger = logging.getLogger(__name__)
+
+_ALLOW = Decision()
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -97,6 +103,7 @@ def _reject(app: Flask, err: CallbackRejected) -> Response:
 
 def callback() -> Response:
     """Handle one request to the callback URL."""
+    arrived = time.monotonic()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
     settings = state.settings(app.config)
@@ -134,6 +141,11 @@ def callback() -> Response:
         official_account=event.official_account if event else None,
         msg_keys=event.msg_keys if event else (),
     )
+    if is_before_command(command):
+        return _answer_before(
+            app, state, settings, delivery, body, raw, arrived + settings.decision_seconds
+        )
+
     store = state.store(settings)
     prepared = start(app, store, delivery, event, body, kept_query, settings.lease_seconds)
 
@@ -156,6 +168,47 @@ def callback() -> Response:
         # send it again because nothing kept the failure for a replay.
         return reject_response(REJECTIONS["delivery_not_kept"])
     return ok_response()
+
+
+def _answer_before(
+    app: Flask,
+    state: OARecallState,
+    settings: Settings,
+    delivery: NewDelivery,
+    body: dict[str, Any],
+    raw: bytes,
+    deadline: float,
+) -> Response:
+    """Answer a before-callback with its decider's decision (allow when it has none), by
+    ``deadline`` and without touching the store. ``decision_failed``, keeping the delivery and
+    ``callback_received`` come after the answer went out."""
+    decider = state.deciders.get(delivery.command)
+    if decider is None:
+        verdict = Verdict(_ALLOW)
+    else:
+        callback = build_callback(
+            delivery.command, body, delivery.query, delivery.sdk_app_id, delivery.id,
+            delivery.received_at,
+        )  # fmt: skip
+        pool = state.decider_pool(settings.decision_threads)
+        verdict = decide(app, decider, callback, request.environ, raw, settings, pool, deadline)
+    decision = verdict.decision
+    response = answer_response(decision.answer()) if decision != _ALLOW else ok_response()
+
+    def after_answer() -> None:
+        with app.app_context():
+            if verdict.failure is not None:
+                send_decision_failed(app, delivery.command, verdict.failure, delivery.id)
+            try:
+                store = state.store(settings)
+                lease = settings.lease_seconds
+                prepared = start(app, store, delivery, None, body, delivery.query, lease)
+                run(app, store, prepared, settings.slow_dispatch_seconds)
+            except Exception:
+                logger.exception("dispatch of delivery %s failed after its answer", delivery.id)
+
+    response.call_on_close(after_answer)
+    return response
 
 
 def not_found(rest: str = "") -> Response:

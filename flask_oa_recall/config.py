@@ -7,13 +7,23 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULTS", "DISPATCH_MODES", "TENCENT_TIMEOUT_SECONDS", "Settings", "parse_settings"]
+__all__ = [
+    "DECISION_FALLBACKS",
+    "DEFAULTS",
+    "DISPATCH_MODES",
+    "TENCENT_TIMEOUT_SECONDS",
+    "Settings",
+    "parse_settings",
+]
 
 #: How long Tencent waits for an answer before it gives up.
 TENCENT_TIMEOUT_SECONDS = 2.0
 
 #: ``OA_RECALL_DISPATCH`` values.
 DISPATCH_MODES = ("sync", "after_response")
+
+#: ``OA_RECALL_DECISION_FALLBACK`` values.
+DECISION_FALLBACKS = ("allow", "deny")
 
 #: Defaults set with ``app.config.setdefault`` by ``init_app``.
 DEFAULTS: Mapping[str, Any] = {
@@ -25,6 +35,9 @@ DEFAULTS: Mapping[str, Any] = {
     "OA_RECALL_DISPATCH": "sync",
     "OA_RECALL_SLOW_DISPATCH_SHARE": 0.5,
     "OA_RECALL_LEASE_SECONDS": 60,
+    "OA_RECALL_DECISION_SECONDS": 1.5,
+    "OA_RECALL_DECISION_FALLBACK": "allow",
+    "OA_RECALL_DECISION_THREADS": 8,
 }
 
 _KEYS = ("OA_RECALL_SDKAPPID", *DEFAULTS)
@@ -43,6 +56,9 @@ class Settings:
     dispatch: str
     slow_dispatch_seconds: float
     lease_seconds: float
+    decision_seconds: float
+    decision_fallback: str
+    decision_threads: int
 
     @property
     def authenticates(self) -> bool:
@@ -117,6 +133,26 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         config.get("OA_RECALL_SLOW_DISPATCH_SHARE", DEFAULTS["OA_RECALL_SLOW_DISPATCH_SHARE"]),
         minimum=0,
     )
+    decision_seconds = config.get(
+        "OA_RECALL_DECISION_SECONDS", DEFAULTS["OA_RECALL_DECISION_SECONDS"]
+    )
+    if (
+        isinstance(decision_seconds, bool)
+        or not isinstance(decision_seconds, int | float)
+        or not 0 < decision_seconds < TENCENT_TIMEOUT_SECONDS
+    ):
+        raise ValueError(
+            "OA_RECALL_DECISION_SECONDS must be a number of seconds above 0 and below Tencent's"
+            f" {TENCENT_TIMEOUT_SECONDS:g} s timeout, got {decision_seconds!r}."
+        )
+    fallback = config.get("OA_RECALL_DECISION_FALLBACK", DEFAULTS["OA_RECALL_DECISION_FALLBACK"])
+    if fallback not in DECISION_FALLBACKS:
+        raise ValueError(
+            f"OA_RECALL_DECISION_FALLBACK must be one of {DECISION_FALLBACKS}, got {fallback!r}."
+        )
+    threads = config.get("OA_RECALL_DECISION_THREADS", DEFAULTS["OA_RECALL_DECISION_THREADS"])
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.")
     return Settings(
         sdk_app_ids=sdk_app_ids,
         tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),
@@ -135,6 +171,9 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
             config.get("OA_RECALL_LEASE_SECONDS", DEFAULTS["OA_RECALL_LEASE_SECONDS"]),
             minimum=0.001,
         ),
+        decision_seconds=float(decision_seconds),
+        decision_fallback=fallback,
+        decision_threads=threads,
     )
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from flask import Flask
 
 from .blueprint import create_blueprint
 from .config import DEFAULTS
-from .state import EXTENSION_KEY
+from .deciders import Decider, check_before_command
+from .dispatch import receiver_name
+from .state import EXTENSION_KEY, get_state
+
+D = TypeVar("D", bound=Decider)
 
 __all__ = ["OARecall"]
 
@@ -29,6 +36,7 @@ class OARecall:
 
     def __init__(self, app: Flask | None = None, *, blueprint_name: str = "oa_recall") -> None:
         self.blueprint_name = blueprint_name
+        self._deciders: dict[str, Decider] = {}
         if app is not None:
             self.init_app(app)
 
@@ -46,3 +54,44 @@ class OARecall:
             )
         path = app.config.setdefault("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
         app.register_blueprint(create_blueprint(self.blueprint_name), url_prefix=path)
+        # The registry itself, not a copy: deciders registered after init_app count too.
+        get_state(app).deciders = self._deciders
+
+    def decider(self, command: str) -> Callable[[D], D]:
+        """Register the function that answers the before-callback ``command``, for every app
+        this instance is set up on (before or after :meth:`init_app`)::
+
+            @oa.decider("OfficialAccount.CallbackBeforeSendMsg")
+            def moderate(callback):
+                if "forbidden" in json.dumps(callback.body.get("MsgBody")):
+                    return Decision.deny("Blocked by moderation.")
+                return None   # allow, unchanged
+
+        The function gets the verified :class:`~flask_oa_recall.Callback` and returns a
+        :class:`~flask_oa_recall.Decision` or ``None``; it may be ``async def``. It runs in a
+        thread with an app and request context, within ``OA_RECALL_DECISION_SECONDS``.
+
+        :param command: a before-command: ``Namespace.CallbackBefore...`` (the three Official
+            Account ones, ``C2C.CallbackBeforeSendMsg``, ``Group.CallbackBeforeSendMsg``,
+            ``Group.CallbackBeforeCreateGroup``...) or ``Sns.CallbackPrevFriendAdd`` /
+            ``Sns.CallbackPrevFriendResponse``.
+        :raises ValueError: if ``command`` is not a before-command, or already has a decider.
+        """
+        check_before_command(command)
+        self._check_free(command)
+
+        def register(function: D) -> D:
+            if not callable(function):
+                raise TypeError(f"a decider must be callable, got {type(function).__name__}.")
+            self._check_free(command)
+            self._deciders[command] = function
+            return function
+
+        return register
+
+    def _check_free(self, command: str) -> None:
+        if command in self._deciders:
+            raise ValueError(
+                f"{command} already has a decider ({receiver_name(self._deciders[command])});"
+                " register one function per before-command."
+            )

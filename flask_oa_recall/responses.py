@@ -9,12 +9,22 @@ public contract and may be matched by monitoring.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from flask import Response
 
-__all__ = ["OK_BODY", "REJECTIONS", "Rejection", "envelope", "ok_response", "reject_response"]
+__all__ = [
+    "OK_BODY",
+    "REJECTIONS",
+    "Rejection",
+    "answer_response",
+    "envelope",
+    "ok_response",
+    "reject_response",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,12 @@ def envelope(action_status: str, error_code: int, error_info: str) -> dict[str, 
 def ok_response() -> Response:
     """The ``OK`` answer: HTTP 200, ``ErrorCode`` 0."""
     return Response(OK_BODY, status=200, mimetype="application/json")
+
+
+def answer_response(answer: Mapping[str, Any]) -> Response:
+    """HTTP 200 with ``answer`` (a before-callback's decision: the envelope and its fields)."""
+    body = json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, status=200, mimetype="application/json")
 
 
 def reject_response(rejection: Rejection, info: str | None = None) -> Response:

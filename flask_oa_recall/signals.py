@@ -10,6 +10,7 @@ from blinker import Namespace
 __all__ = [
     "callback_received",
     "callback_rejected",
+    "decision_failed",
     "messages_recalled",
     "receiver_failed",
     "store_failed",
@@ -60,4 +61,17 @@ store_failed = _signals.signal("oa-recall.store-failed")
 :param sender: the Flask app.
 :param exception: the store's error.
 :param delivery_id: the id the delivery would have been kept under.
+"""
+
+decision_failed = _signals.signal("oa-recall.decision-failed")
+"""A decider raised, returned something other than a :class:`~flask_oa_recall.Decision` or
+``None``, had not returned within ``OA_RECALL_DECISION_SECONDS``, or found no free thread; the
+``OA_RECALL_DECISION_FALLBACK`` answer was sent. Sent after that answer went out, so a slow
+receiver here never delays it.
+
+:param sender: the Flask app.
+:param command: the before-command, e.g. ``"OfficialAccount.CallbackBeforeSendMsg"``.
+:param exception: what the decider raised; a :class:`~flask_oa_recall.DecisionTimeout` when it
+    ran out of time, a :class:`~flask_oa_recall.DecidersBusy` when no thread was free.
+:param delivery_id: the callback's delivery id.
 """

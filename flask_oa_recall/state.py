@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
 from .config import DEFAULTS, Settings, SettingsCache
+from .deciders import Decider, DeciderPool
 from .store import Store, open_store
 
 __all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "setup_app"]
@@ -27,6 +30,10 @@ class OARecallState:
         self._stores: dict[str | None, Store] = {}
         self._lock = threading.Lock()
         self._warned_open = False
+        #: The deciders by command: the registry of the :class:`~flask_oa_recall.OARecall`
+        #: instance set up on this app (shared, so later registrations count), else empty.
+        self.deciders: Mapping[str, Decider] = {}
+        self._pool: DeciderPool | None = None
 
     def settings(self, config: Any) -> Settings:
         """The validated ``OA_RECALL_*`` settings for ``config`` as it is now."""
@@ -48,6 +55,20 @@ class OARecallState:
                     store = open_store(settings.store_url, self.instance_path)
                     self._stores[settings.store_url] = store
         return store
+
+    def decider_pool(self, size: int) -> DeciderPool:
+        """This process's decider threads, made on first use: a pool made before a fork (in
+        gunicorn's master, with ``--preload``) has no threads in the worker, so each process
+        gets its own."""
+        pool = self._pool
+        if pool is None or pool.pid != os.getpid() or pool.size != size:
+            with self._lock:
+                pool = self._pool
+                if pool is None or pool.pid != os.getpid() or pool.size != size:
+                    if pool is not None and pool.pid == os.getpid():
+                        pool.shutdown()
+                    pool = self._pool = DeciderPool(size)
+        return pool
 
     def close(self) -> None:
         """Close every store this state opened."""

@@ -142,22 +142,29 @@ def test_sent_message_is_mirrored_then_recalled(example: tuple[str, int]) -> Non
 
 GOOD = json.dumps(recall_body(["73_1_1698741822"], official_account="@TOA#_news")).encode()
 
-ERRORS = [
-    ("GET", query(), None, "method_not_allowed"),
-    ("POST", query(), b"{" * 70000, "body_too_large"),
-    ("POST", query(SdkAppid="1400000001"), GOOD, "unknown_sdkappid"),
-    ("POST", query(Sign="0" * 64), GOOD, "bad_signature"),
-    ("POST", query(), b"not json", "malformed_body"),
-    ("POST", query(), json.dumps({"CallbackCommand": "x"}).encode(), "command_mismatch"),
+# Query overrides, or a literal path; signed when the test runs, not at collection (a run that
+# reaches this module more than OA_RECALL_MAX_SKEW_SECONDS later would send a stale request).
+ERRORS: list[tuple[str, dict[str, str] | str, bytes | None, str]] = [
+    ("GET", {}, None, "method_not_allowed"),
+    ("POST", {}, b"{" * 70000, "body_too_large"),
+    ("POST", {"SdkAppid": "1400000001"}, GOOD, "unknown_sdkappid"),
+    ("POST", {"Sign": "0" * 64}, GOOD, "bad_signature"),
+    ("POST", {}, b"not json", "malformed_body"),
+    ("POST", {}, json.dumps({"CallbackCommand": "x"}).encode(), "command_mismatch"),
     ("POST", "/tencent-im/callback/nope", GOOD, "not_found"),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "reason"), ERRORS, ids=[e[3] for e in ERRORS])
 def test_error_statuses_carry_the_envelope_over_real_http(
-    example: tuple[str, int], method: str, path: str, body: bytes | None, reason: str
+    example: tuple[str, int],
+    method: str,
+    path: dict[str, str] | str,
+    body: bytes | None,
+    reason: str,
 ) -> None:
-    status, envelope, headers = request(example, method, path, body)
+    target = path if isinstance(path, str) else query(**path)
+    status, envelope, headers = request(example, method, target, body)
     rejection = REJECTIONS[reason]
     assert status == rejection.status
     assert envelope == {

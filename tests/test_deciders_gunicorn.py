@@ -1,0 +1,163 @@
+"""The decision budget under real gunicorn sync workers, over real HTTP on 127.0.0.1.
+
+A sync worker handles one request at a time, so only a decider run in a thread of its own can
+be cut off at ``OA_RECALL_DECISION_SECONDS``. The deciders of ``tests.apps.deciders`` raise,
+sleep past the budget or never return; each answer is timed by the test against Tencent's 2 s
+(a generous bound: the budget is 1.5 s), which is the correctness property, not a speed claim.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_oa_recall.testing import callback_body
+from tests.apps.host import SDK_APP_ID, TOKEN
+from tests.servers import CallbackClient, GunicornServer, gunicorn_server, wait_for
+
+pytestmark = pytest.mark.e2e
+
+APP = "tests.apps.deciders:create_app()"
+SEND = "OfficialAccount.CallbackBeforeSendMsg"
+TENCENT_WAITS = 2.0
+OK = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in list(os.environ):
+        if name.startswith(("OA_RECALL_", "OA_TEST_")):
+            monkeypatch.delenv(name)
+    return {
+        "OA_TEST_RECORD": str(tmp_path / "record.txt"),
+        "OA_TEST_INSTANCE": str(tmp_path / "instance"),
+    }
+
+
+def record(env: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``(what, who, key)`` per line of the app's record."""
+    path = Path(env["OA_TEST_RECORD"])
+    if not path.exists():
+        return []
+    lines = (line.split(" ", 3) for line in path.read_text().splitlines())
+    return [(what, who, key) for what, who, _pid, key in lines]
+
+
+def timed_post(client: CallbackClient, text: str) -> tuple[float, int, dict[str, Any]]:
+    """POST a before-send of ``text``; return the seconds it took, the status and the answer."""
+    body = callback_body(
+        SEND,
+        Official_Account="@TOA#_news",
+        OnlineOnlyFlag=0,
+        MsgBody=[{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}],
+        CloudCustomData="",
+    )
+    started = time.perf_counter()
+    status, answer = client.post(body)
+    return time.perf_counter() - started, status, answer
+
+
+@pytest.fixture
+def server(
+    request: pytest.FixtureRequest, env: dict[str, str], tmp_path: Path
+) -> Iterator[GunicornServer]:
+    fallback = request.param
+    env["OA_RECALL_DECISION_FALLBACK"] = fallback
+    with gunicorn_server(APP, tmp_path, env=env, workers=1, worker_class="sync") as running:
+        yield running
+
+
+@pytest.mark.parametrize("server", ["allow", "deny"], indirect=True)
+def test_raising_and_slow_deciders_get_the_fallback_inside_the_budget(
+    server: GunicornServer, env: dict[str, str]
+) -> None:
+    fallback = env["OA_RECALL_DECISION_FALLBACK"]
+    expected_code = 0 if fallback == "allow" else 1
+    with CallbackClient(server.base_url, sdk_app_id=SDK_APP_ID, token=TOKEN) as client:
+        seconds, status, answer = timed_post(client, "fine")
+        assert (status, answer) == (200, OK)
+
+        seconds, status, answer = timed_post(client, "forbidden word")
+        assert (status, answer) == (
+            200,
+            {"ActionStatus": "OK", "ErrorCode": 1, "ErrorInfo": "Blocked by moderation."},
+        )
+
+        seconds, status, answer = timed_post(client, "raise")
+        assert seconds < TENCENT_WAITS
+        assert (status, answer["ActionStatus"], answer["ErrorCode"]) == (200, "OK", expected_code)
+        if fallback == "deny":
+            assert "failed (RuntimeError)" in answer["ErrorInfo"]
+
+        seconds, status, answer = timed_post(client, "sleep 3")
+        assert seconds < TENCENT_WAITS, f"answered after {seconds:.3f} s"
+        assert (status, answer["ActionStatus"], answer["ErrorCode"]) == (200, "OK", expected_code)
+        if fallback == "deny":
+            assert "did not answer within 1.5 s" in answer["ErrorInfo"]
+
+    # The late result arrives about 1.5 s after the answer: logged and discarded.
+    wait_for(
+        lambda: "returned deny (ErrorCode 1) after the budget" in server.log(),
+        timeout=10,
+        what="the late decision to be logged",
+    )
+    assert "discarded (the fallback was answered)" in server.log()
+    seen = record(env)
+    assert ("late", "decider", "sleep 3") in seen
+    assert [(what, who) for what, who, _ in seen if what == "failed"] == [
+        ("failed", "RuntimeError"),
+        ("failed", "DecisionTimeout"),
+    ]
+    assert [key for what, _, key in seen if what == "decided"] == [
+        "fine",
+        "forbidden word",
+        "raise",
+        "sleep 3",
+    ]
+
+
+def test_a_decider_that_never_returns_fills_a_bounded_pool_then_is_skipped(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env.update(
+        OA_RECALL_DECISION_THREADS="2",
+        OA_RECALL_DECISION_SECONDS="0.5",
+        OA_RECALL_DECISION_FALLBACK="deny",
+    )
+    with (
+        gunicorn_server(APP, tmp_path, env=env, workers=1, worker_class="sync") as server,
+        CallbackClient(server.base_url, sdk_app_id=SDK_APP_ID, token=TOKEN) as client,
+    ):
+        answers = [timed_post(client, "hang") for _ in range(4)]
+        answers.append(timed_post(client, "fine"))
+        worker_log = server.log()
+    assert all(seconds < TENCENT_WAITS for seconds, _, _ in answers), answers
+    assert [(status, answer["ErrorCode"]) for _, status, answer in answers] == [(200, 1)] * 5
+    infos = [answer["ErrorInfo"] for _, _, answer in answers]
+    assert ["did not answer within 0.5 s" in info for info in infos] == [True, True] + [False] * 3
+    assert ["every decider thread is busy" in info for info in infos] == [False, False] + [True] * 3
+    # Only two threads were ever started: the decider ran twice, the rest were not run.
+    assert [key for what, _, key in record(env) if what == "decided"] == ["hang", "hang"]
+    assert worker_log.count("no free decider thread") == 3
+    failed = [who for what, who, _ in record(env) if what == "failed"]
+    assert failed == ["DecisionTimeout"] * 2 + ["DecidersBusy"] * 3
+    # The stuck threads are daemons: the worker still stopped on SIGTERM, without a kill.
+    assert server.process.returncode == 0
+
+
+def test_a_bad_sign_never_reaches_the_decider(env: dict[str, str], tmp_path: Path) -> None:
+    with (
+        gunicorn_server(APP, tmp_path, env=env, workers=1) as server,
+        CallbackClient(server.base_url, sdk_app_id=SDK_APP_ID, token="not-the-token") as forger,
+        CallbackClient(server.base_url, sdk_app_id=1400000999, token=TOKEN) as stranger,
+    ):
+        _, status, answer = timed_post(forger, "forbidden by forger")
+        assert (status, answer["ActionStatus"], answer["ErrorCode"]) == (401, "FAIL", 40102)
+        _, status, answer = timed_post(stranger, "forbidden by stranger")
+        assert (status, answer["ActionStatus"], answer["ErrorCode"]) == (403, "FAIL", 40302)
+    assert record(env) == []
