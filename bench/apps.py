@@ -28,7 +28,7 @@ import blinker
 from flask import Flask, Response, request
 from marshmallow import ValidationError
 
-from flask_oa_recall import OARecall, messages_recalled
+from flask_oa_recall import Callback, Decision, OARecall, messages_recalled
 from flask_oa_recall.schemas import recall_body_schema
 from flask_oa_recall.security import sign
 
@@ -66,8 +66,10 @@ def create_extension(
     signed: bool,
     receivers: int = 1,
     instance_path: str | None = None,
+    extension: OARecall | None = None,
 ) -> Flask:
-    """The extension on its own route, with ``receivers`` no-op recall receivers."""
+    """The extension (``extension``, or a new one) on its own route, with ``receivers`` no-op
+    recall receivers."""
     app = Flask("bench_extension", instance_path=instance_path)
     app.config["OA_RECALL_SDKAPPID"] = SDK_APP_ID
     app.config["OA_RECALL_TOKENS"] = [TOKEN] if signed else []
@@ -75,12 +77,35 @@ def create_extension(
     app.config["OA_RECALL_PATH"] = PATH
     # Unsigned set-ups log one warning at start-up; keep the benchmark's output quiet.
     logging.getLogger("flask_oa_recall").setLevel(logging.ERROR)
-    OARecall(app)
+    (extension or OARecall()).init_app(app)
     # Receivers must outlive this function: blinker holds them weakly unless told otherwise.
     app.extensions["bench_receivers"] = kept = [_noop_receiver(i) for i in range(receivers)]
     for receiver in kept:
         messages_recalled.connect(receiver, sender=app, weak=False)
     return app
+
+
+#: The before-command the ``decider`` server answers.
+BEFORE_SEND_COMMAND = "OfficialAccount.CallbackBeforeSendMsg"
+
+
+def _moderate(callback: Callback) -> Decision | None:
+    """A moderation decider as a host would write one: a word check on the message."""
+    if "forbidden" in json.dumps(callback.body.get("MsgBody"), ensure_ascii=False):
+        return Decision.deny("Blocked by moderation.")
+    return None
+
+
+def create_with_decider(
+    *, store: str | None, signed: bool, instance_path: str | None = None
+) -> Flask:
+    """The extension answering ``OfficialAccount.CallbackBeforeSendMsg`` with :func:`_moderate`
+    (which allows the bench's messages); no receiver connected."""
+    extension = OARecall()
+    extension.decider(BEFORE_SEND_COMMAND)(_moderate)
+    return create_extension(
+        store=store, signed=signed, receivers=0, instance_path=instance_path, extension=extension
+    )
 
 
 def _fail(status: int, text: str) -> Response:
@@ -213,6 +238,9 @@ FACTORIES: dict[str, Callable[[AppOptions], Flask]] = {
     "handwritten": lambda o: create_handwritten(store=o.store, instance_path=o.instance_path),
     "extension": lambda o: create_extension(
         store=o.store, signed=o.signed, receivers=o.receivers, instance_path=o.instance_path
+    ),
+    "decider": lambda o: create_with_decider(
+        store=o.store, signed=o.signed, instance_path=o.instance_path
     ),
 }
 

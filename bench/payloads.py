@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from flask_oa_recall.security import sign
 
-from .apps import PATH, SDK_APP_ID, TOKEN
+from .apps import BEFORE_SEND_COMMAND, PATH, SDK_APP_ID, TOKEN
 
 RECALL_COMMAND = "OfficialAccount.CallbackAfterMsgWithDraw"
 OTHER_COMMAND = "C2C.CallbackAfterSendMsg"
@@ -37,6 +37,13 @@ KINDS: dict[str, Kind] = {
         OTHER_COMMAND,
         f'{{"CallbackCommand":"{OTHER_COMMAND}","From_Account":"alice","To_Account":"bob",'
         '"MsgKey":"$ID","MsgBody":[],"EventTime":$TIME}',
+    ),
+    # OfficialAccount.CallbackBeforeSendMsg (PROTOCOL.md §4.1, 60803): one text element.
+    "before-send": Kind(
+        BEFORE_SEND_COMMAND,
+        f'{{"CallbackCommand":"{BEFORE_SEND_COMMAND}","Official_Account":"{OFFICIAL_ACCOUNT}",'
+        '"OnlineOnlyFlag":0,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":'
+        '"hello $ID"}}],"CloudCustomData":"","EventTime":$TIME}',
     ),
 }
 

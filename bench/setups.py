@@ -87,6 +87,13 @@ SETUPS = (
         Traffic(kind="other"),
     ),
     Setup(
+        "sqlite-signed-decider",
+        "SQLite, signed, before-command with a decider (OfficialAccount.CallbackBeforeSendMsg)",
+        "sqlite",
+        Traffic(kind="before-send"),
+        app="decider",
+    ),
+    Setup(
         "redis-signed-1",
         "Redis, signed, 1 MsgKey",
         "redis",

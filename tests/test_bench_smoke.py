@@ -132,3 +132,25 @@ def test_the_hand_written_route_signals_each_msg_key_once_and_refuses_bad_reques
     assert client.post(path, data=data).status_code == 403
     assert client.post(url, data=b"{").status_code == 400
     assert len(signalled) == 1
+
+
+def test_the_decider_row_sends_a_before_send_that_its_decider_answers(tmp_path: Path) -> None:
+    import json
+
+    from bench.apps import create_with_decider
+    from bench.payloads import Traffic, body, target
+
+    app = create_with_decider(store="memory://", signed=True, instance_path=str(tmp_path))
+    client = app.test_client()
+    traffic = Traffic(kind="before-send")
+    data = body(traffic, "smoke", 1)
+    assert json.loads(data)["MsgBody"][0]["MsgContent"]["Text"] == "hello smoke_1"
+    answer = client.post(target(traffic), data=data, buffered=True)
+    assert answer.get_json() == {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
+    forbidden = data.replace(b"hello", b"forbidden")
+    answer = client.post(target(traffic), data=forbidden, buffered=True)
+    assert answer.get_json() == {
+        "ActionStatus": "OK",
+        "ErrorCode": 1,
+        "ErrorInfo": "Blocked by moderation.",
+    }

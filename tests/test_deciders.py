@@ -30,7 +30,7 @@ from flask_oa_recall import (
     decision_failed,
 )
 from flask_oa_recall.config import DEFAULTS, parse_settings
-from flask_oa_recall.deciders import DeciderPool, is_before_command
+from flask_oa_recall.deciders import DeciderPool, _Job, is_before_command
 from flask_oa_recall.state import get_state
 from flask_oa_recall.store import MemoryStore
 from flask_oa_recall.testing import callback_body, signed_query
@@ -284,6 +284,7 @@ def test_the_decider_of_one_command_does_not_answer_another() -> None:
         ),
         (lambda: Decision.allow(refused_subscribers=[""]), TypeError, "refused_subscribers[0]"),
         (lambda: Decision(7), ValueError, "error_code 7 is not one Tencent defines"),
+        (lambda: Decision("0"), TypeError, "error_code must be an int"),
         (
             lambda: Decision(1, "no", cloud_custom_data="x"),
             ValueError,
@@ -314,6 +315,7 @@ def test_the_decider_of_one_command_does_not_answer_another() -> None:
         "refused-subscribers-int-entry",
         "refused-subscribers-empty-entry",
         "direct-undefined-code",
+        "direct-str-code",
         "direct-fields-on-deny",
     ],
 )
@@ -733,6 +735,13 @@ def test_the_pool_is_made_again_in_a_forked_process_and_when_its_size_changes() 
     assert forked.pid > 0
     resized = state.decider_pool(3)
     assert resized.size == 3
+
+
+def test_a_result_that_comes_just_before_the_waiter_gives_up_is_used() -> None:
+    job = _Job("moderate", SEND, "d1")
+    job.finish(Decision.drop(), None)
+    assert job.abandon() is False
+    assert job.decision == Decision.drop()
 
 
 def test_a_pool_thread_survives_a_job_that_raises_system_exit(
