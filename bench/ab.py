@@ -65,9 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     traffic = FLOOR_SETUP.traffic if name == "floor" else setup.traffic
                     before = server.cpu_seconds()
                     load = run_load(
-                        args.generator, server.url, traffic, connections=2,
-                        seconds=args.duration, cpus=load_cpus,
-                    )  # fmt: skip
+                        args.generator,
+                        server.url,
+                        traffic,
+                        connections=2,
+                        seconds=args.duration,
+                        cpus=load_cpus,
+                    )
                     if load.errors:
                         raise RuntimeError(f"{name}: {load.errors} requests failed")
                     cpu[name].append((server.cpu_seconds() - before) / load.requests * 1e6)

@@ -106,9 +106,11 @@ def measure(
             url = {"memory": "memory://", "redis": redis_url}.get(store)
             for receivers in sorted({1, *receiver_counts}):
                 app = create_extension(
-                    store=url, signed=True, receivers=receivers,
+                    store=url,
+                    signed=True,
+                    receivers=receivers,
                     instance_path=f"{tmp}/{store}-{receivers}",
-                )  # fmt: skip
+                )
                 counts = key_counts if receivers == 1 else (1,)
                 for keys in counts:
                     requests = max(30, budget // keys) if keys > 1 else budget

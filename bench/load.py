@@ -61,9 +61,19 @@ def run_wrk(
         script.write(wrk_script(traffic, run_id))
     try:
         command = [
-            "wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-            "--timeout", "5s", "-s", script.name, url + target(traffic),
-        ]  # fmt: skip
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            script.name,
+            url + target(traffic),
+        ]
         completed = subprocess.run(
             command,
             capture_output=True,

@@ -297,9 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def run(setup: Setup, round_: int, connections: int) -> Sample:
                 return measure(
-                    servers[setup.slug], setup, round_, generator=generator,
-                    connections=connections, seconds=args.duration, load_cpus=load_cpus,
-                )  # fmt: skip
+                    servers[setup.slug],
+                    setup,
+                    round_,
+                    generator=generator,
+                    connections=connections,
+                    seconds=args.duration,
+                    load_cpus=load_cpus,
+                )
 
             group = 3
             for round_ in range(args.rounds):

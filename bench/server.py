@@ -81,12 +81,23 @@ class GunicornServer:
         path = [p for p in (env.get("PYTHONPATH"), str(REPO)) if p]
         full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(path)}
         command = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(workers), "--worker-class", "sync",
-            "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
-            "--backlog", "2048", "--timeout", "60",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "2048",
+            "--timeout",
+            "60",
             "bench.apps:create_app()",
-        ]  # fmt: skip
+        ]
         self.process = subprocess.Popen(
             command,
             env=full_env,

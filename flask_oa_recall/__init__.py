@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version as _distribution_version
+
 from .blueprint import create_blueprint
 from .decisions import Decision
-from .errors import CallbackRejected, DecidersBusy, DecisionTimeout, OARecallError, StoreError
+from .errors import (
+    CallbackRejected,
+    ConfigError,
+    ConfigTypeError,
+    DecidersBusy,
+    DecisionTimeout,
+    DeliveryBusy,
+    LayoutError,
+    MissingConfig,
+    MissingDependency,
+    NotSetUp,
+    OARecallError,
+    SetupError,
+    StoreError,
+    UnknownDelivery,
+)
 from .events import RECALL_COMMAND, Callback, RecalledMessage, RecallEvent
 from .extension import OARecall
 from .responses import REJECTIONS, Rejection
@@ -22,15 +39,24 @@ __all__ = [
     "REJECTIONS",
     "Callback",
     "CallbackRejected",
+    "ConfigError",
+    "ConfigTypeError",
     "DecidersBusy",
     "Decision",
     "DecisionTimeout",
+    "DeliveryBusy",
+    "LayoutError",
+    "MissingConfig",
+    "MissingDependency",
+    "NotSetUp",
     "OARecall",
     "OARecallError",
     "RecallEvent",
     "RecalledMessage",
     "Rejection",
+    "SetupError",
     "StoreError",
+    "UnknownDelivery",
     "callback_received",
     "callback_rejected",
     "create_blueprint",
@@ -40,4 +66,6 @@ __all__ = [
     "store_failed",
 ]
 
-__version__ = "0.1.0"
+#: The installed distribution's version, read from its metadata (``pyproject.toml`` has the one
+#: copy).
+__version__ = _distribution_version("flask-oa-recall")

@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from .cli import CLI_GROUP, add_commands
 from .config import Settings
 from .deciders import Verdict, decide, is_before_command, send_decision_failed
 from .decisions import Decision
@@ -187,9 +188,13 @@ def _answer_before(
         verdict = Verdict(_ALLOW)
     else:
         callback = build_callback(
-            delivery.command, body, delivery.query, delivery.sdk_app_id, delivery.id,
+            delivery.command,
+            body,
+            delivery.query,
+            delivery.sdk_app_id,
+            delivery.id,
             delivery.received_at,
-        )  # fmt: skip
+        )
         pool = state.decider_pool(settings.decision_threads)
         verdict = decide(app, decider, callback, request.environ, raw, settings, pool, deadline)
     decision = verdict.decision
@@ -225,24 +230,39 @@ def _on_register(setup: BlueprintSetupState) -> None:
 _ENDPOINTS = ("callback", "not_found", "not_found_below")
 
 
+def _endpoint_prefix(setup: BlueprintSetupState) -> str:
+    return f"{setup.name_prefix}.{setup.name}.".lstrip(".")
+
+
 def _any_method(setup: BlueprintSetupState) -> None:
     # Flask gives every rule a finite set of methods, so TRACE, CONNECT or an invented method
     # would get Werkzeug's HTML 405. A rule without a set lets them reach the view's envelope.
-    prefix = f"{setup.name_prefix}.{setup.name}.".lstrip(".")
+    prefix = _endpoint_prefix(setup)
     for endpoint in _ENDPOINTS:
         for rule in setup.app.url_map.iter_rules(prefix + endpoint):
             rule.methods = None
 
 
+def _remember_route(setup: BlueprintSetupState) -> None:
+    # So that send, check and the test helpers find the route under any blueprint name.
+    app = setup.app
+    assert isinstance(app, Flask)
+    get_state(app).callback_endpoints.add(_endpoint_prefix(setup) + "callback")
+
+
 def create_blueprint(name: str = "oa_recall") -> Blueprint:
     """Build the blueprint that serves the callback at its ``url_prefix``.
+
+    Registering it also sets the extension up on the app and adds the ``flask oa-recall``
+    commands.
 
     ``OARecall(app)`` registers it at ``OA_RECALL_PATH``; a host that mounts it itself picks
     the prefix::
 
         app.register_blueprint(create_blueprint(), url_prefix="/hooks/tencent")
     """
-    bp = Blueprint(name, __name__)
+    bp = Blueprint(name, __name__, cli_group=CLI_GROUP)
+    add_commands(bp.cli)
     bp.add_url_rule("", "callback", callback, methods=_METHODS, provide_automatic_options=False)
     bp.add_url_rule("/", "not_found", not_found, methods=_METHODS, provide_automatic_options=False)
     bp.add_url_rule(
@@ -254,4 +274,5 @@ def create_blueprint(name: str = "oa_recall") -> Blueprint:
     )
     bp.record(_any_method)
     bp.record_once(_on_register)
+    bp.record(_remember_route)
     return bp

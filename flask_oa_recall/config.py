@@ -7,6 +7,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError, ConfigTypeError, MissingConfig
+
 __all__ = [
     "DECISION_FALLBACKS",
     "DEFAULTS",
@@ -68,26 +70,30 @@ class Settings:
 
 def _int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError(f"{key} must be an integer SdkAppid, got {type(value).__name__}.")
+        raise ConfigTypeError(
+            key, f"{key} must be an integer SdkAppid, got {type(value).__name__}."
+        )
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{key} must be an integer SdkAppid, got {value!r}.") from None
+        raise ConfigError(key, f"{key} must be an integer SdkAppid, got {value!r}.") from None
 
 
 def _number(key: str, value: Any, *, minimum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ValueError(f"{key} must be a number of at least {minimum}, got {value!r}.")
+        raise ConfigError(key, f"{key} must be a number of at least {minimum}, got {value!r}.")
     return float(value)
 
 
 def _token_list(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str | bytes):
-        raise TypeError(f"{key} must be a list of tokens, not a single string: wrap it in [...].")
+        raise ConfigTypeError(
+            key, f"{key} must be a list of tokens, not a single string: wrap it in [...]."
+        )
     tokens = tuple(value or ())
     for token in tokens:
         if not isinstance(token, str) or not token:
-            raise ValueError(f"{key} holds an empty or non-string token.")
+            raise ConfigError(key, f"{key} holds an empty or non-string token.")
     return tokens
 
 
@@ -97,8 +103,8 @@ def _tokens(value: Any, sdk_app_ids: frozenset[int]) -> dict[int, tuple[str, ...
         tokens = {_int(key, k): _token_list(key, v) for k, v in value.items()}
         strangers = sorted(set(tokens) - sdk_app_ids)
         if strangers:
-            raise ValueError(
-                f"{key} names SdkAppid {strangers[0]}, which OA_RECALL_SDKAPPID lacks."
+            raise ConfigError(
+                key, f"{key} names SdkAppid {strangers[0]}, which OA_RECALL_SDKAPPID lacks."
             )
         return {app_id: tokens.get(app_id, ()) for app_id in sdk_app_ids}
     shared = _token_list(key, value)
@@ -106,28 +112,40 @@ def _tokens(value: Any, sdk_app_ids: frozenset[int]) -> dict[int, tuple[str, ...
 
 
 def parse_settings(config: Mapping[str, Any]) -> Settings:
-    """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault."""
+    """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault.
+
+    :raises ~flask_oa_recall.errors.MissingConfig: if ``OA_RECALL_SDKAPPID`` is not set.
+    :raises ~flask_oa_recall.errors.ConfigError: if a value is malformed
+        (:class:`~flask_oa_recall.errors.ConfigTypeError` if it has the wrong type).
+    """
     raw_ids = config.get("OA_RECALL_SDKAPPID")
     if raw_ids is None or raw_ids == "" or (isinstance(raw_ids, Collection) and not raw_ids):
-        raise RuntimeError(
+        raise MissingConfig(
+            "OA_RECALL_SDKAPPID",
             "OA_RECALL_SDKAPPID is not set: set it to your app's SDKAppID from the Chat console"
-            " (an int, or a list of ints)."
+            " (an int, or a list of ints).",
         )
     items = raw_ids if isinstance(raw_ids, list | tuple | set | frozenset) else [raw_ids]
     sdk_app_ids = frozenset(_int("OA_RECALL_SDKAPPID", i) for i in items)
 
     path = config.get("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
     if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"OA_RECALL_PATH must start with '/', got {path!r}.")
+        raise ConfigError("OA_RECALL_PATH", f"OA_RECALL_PATH must start with '/', got {path!r}.")
     max_body = config.get("OA_RECALL_MAX_BODY_BYTES", DEFAULTS["OA_RECALL_MAX_BODY_BYTES"])
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
-        raise ValueError(f"OA_RECALL_MAX_BODY_BYTES must be a positive int, got {max_body!r}.")
+        raise ConfigError(
+            "OA_RECALL_MAX_BODY_BYTES",
+            f"OA_RECALL_MAX_BODY_BYTES must be a positive int, got {max_body!r}.",
+        )
     store = config.get("OA_RECALL_STORE")
     if store is not None and not isinstance(store, str):
-        raise TypeError("OA_RECALL_STORE must be a URL string or None.")
+        raise ConfigTypeError("OA_RECALL_STORE", "OA_RECALL_STORE must be a URL string or None.")
     dispatch = config.get("OA_RECALL_DISPATCH", DEFAULTS["OA_RECALL_DISPATCH"])
     if dispatch not in DISPATCH_MODES:
-        raise ValueError(f"OA_RECALL_DISPATCH must be one of {DISPATCH_MODES}, got {dispatch!r}.")
+        raise ConfigError(
+            "OA_RECALL_DISPATCH",
+            f"OA_RECALL_DISPATCH must be one of {DISPATCH_MODES}, got {dispatch!r}.",
+        )
     share = _number(
         "OA_RECALL_SLOW_DISPATCH_SHARE",
         config.get("OA_RECALL_SLOW_DISPATCH_SHARE", DEFAULTS["OA_RECALL_SLOW_DISPATCH_SHARE"]),
@@ -141,18 +159,23 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         or not isinstance(decision_seconds, int | float)
         or not 0 < decision_seconds < TENCENT_TIMEOUT_SECONDS
     ):
-        raise ValueError(
+        raise ConfigError(
+            "OA_RECALL_DECISION_SECONDS",
             "OA_RECALL_DECISION_SECONDS must be a number of seconds above 0 and below Tencent's"
-            f" {TENCENT_TIMEOUT_SECONDS:g} s timeout, got {decision_seconds!r}."
+            f" {TENCENT_TIMEOUT_SECONDS:g} s timeout, got {decision_seconds!r}.",
         )
     fallback = config.get("OA_RECALL_DECISION_FALLBACK", DEFAULTS["OA_RECALL_DECISION_FALLBACK"])
     if fallback not in DECISION_FALLBACKS:
-        raise ValueError(
-            f"OA_RECALL_DECISION_FALLBACK must be one of {DECISION_FALLBACKS}, got {fallback!r}."
+        raise ConfigError(
+            "OA_RECALL_DECISION_FALLBACK",
+            f"OA_RECALL_DECISION_FALLBACK must be one of {DECISION_FALLBACKS}, got {fallback!r}.",
         )
     threads = config.get("OA_RECALL_DECISION_THREADS", DEFAULTS["OA_RECALL_DECISION_THREADS"])
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.")
+        raise ConfigError(
+            "OA_RECALL_DECISION_THREADS",
+            f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.",
+        )
     return Settings(
         sdk_app_ids=sdk_app_ids,
         tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),

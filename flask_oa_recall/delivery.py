@@ -76,9 +76,14 @@ def run(app: Flask, store: Store, prepared: Prepared, slow_seconds: float) -> Ou
     """Dispatch a prepared delivery and record the outcome."""
     d = prepared.delivery
     callback = build_callback(
-        d.command, prepared.body, prepared.query, d.sdk_app_id, d.id, d.received_at,
+        d.command,
+        prepared.body,
+        prepared.query,
+        d.sdk_app_id,
+        d.id,
+        d.received_at,
         prepared.attempt,
-    )  # fmt: skip
+    )
     failed_before = frozenset(
         name for name, result in getattr(d, "receivers", {}).items() if result == "failed"
     )

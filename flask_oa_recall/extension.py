@@ -11,6 +11,7 @@ from .blueprint import create_blueprint
 from .config import DEFAULTS
 from .deciders import Decider, check_before_command
 from .dispatch import receiver_name
+from .errors import SetupError
 from .state import EXTENSION_KEY, get_state
 
 D = TypeVar("D", bound=Decider)
@@ -43,12 +44,17 @@ class OARecall:
     def init_app(self, app: Flask) -> None:
         """Validate the config, open the store and mount the callback route on ``app``.
 
-        :raises RuntimeError: if the extension is already set up on ``app``, or
-            ``OA_RECALL_SDKAPPID`` is missing.
-        :raises ValueError: if a config value is malformed; the message names the key.
+        :raises ~flask_oa_recall.errors.SetupError: if the extension is already set up on
+            ``app`` (a :class:`RuntimeError` too).
+        :raises ~flask_oa_recall.errors.MissingConfig: if ``OA_RECALL_SDKAPPID`` is missing (a
+            :class:`RuntimeError` too).
+        :raises ~flask_oa_recall.errors.ConfigError: if a config value is malformed; the
+            message names the key (a :class:`ValueError` too).
+        :raises ~flask_oa_recall.errors.MissingDependency: if the store needs an extra that is
+            not installed.
         """
         if EXTENSION_KEY in app.extensions:
-            raise RuntimeError(
+            raise SetupError(
                 "OARecall is already registered on this app. Call OARecall(app) or"
                 " init_app(app) once per app, and do not also register create_blueprint()."
             )

@@ -8,11 +8,14 @@ SdkAppids, whether ``Sign``/``RequestTime`` are required, and every documented r
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 from flask import Flask
 
+from .errors import MissingDependency
 from .events import RECALL_COMMAND
+from .payloads import callback_path
 from .responses import REJECTIONS, Rejection
 from .schemas import MAX_EVENT_TIME_MS, EventTimeField, RecallBodySchema
 from .state import get_state
@@ -152,23 +155,20 @@ def build_spec(app: Flask, *, server_url: str | None = None) -> dict[str, Any]:
 
     :param app: an app with the extension set up; its config decides the details.
     :param server_url: the public base URL to list under ``servers``, if any.
-    :raises RuntimeError: if apispec (the ``openapi`` extra) is not installed.
+    :raises ~flask_oa_recall.errors.MissingDependency: if apispec (the ``openapi`` extra) is
+        not installed (a :class:`RuntimeError` too).
     """
     try:
         from apispec import APISpec
         from apispec.ext.marshmallow import MarshmallowPlugin
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "The OpenAPI description needs apispec: pip install 'flask-oa-recall[openapi]'."
-        ) from err
-    from . import __version__
-    from .testing import callback_path
+        raise MissingDependency("openapi", "The OpenAPI description needs apispec") from err
 
     settings = get_state(app).settings(app.config)
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Tencent Cloud Chat callback",
-        version=__version__,
+        version=version("flask-oa-recall"),
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
         info={

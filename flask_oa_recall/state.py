@@ -12,6 +12,7 @@ from flask import Flask
 
 from .config import DEFAULTS, Settings, SettingsCache
 from .deciders import Decider, DeciderPool
+from .errors import NotSetUp
 from .store import Store, open_store
 
 __all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "setup_app"]
@@ -22,10 +23,13 @@ logger = logging.getLogger("flask_oa_recall")
 
 
 class OARecallState:
-    """Settings (re-read from config when it changes) and the open store of one app."""
+    """Settings (re-read from config when it changes), the open store and the callback
+    endpoints of one app."""
 
     def __init__(self, app: Flask) -> None:
         self.instance_path = app.instance_path
+        self.callback_endpoints: set[str] = set()
+        """The endpoints of the callback view, one per registration of the blueprint."""
         self._settings = SettingsCache()
         self._stores: dict[str | None, Store] = {}
         self._lock = threading.Lock()
@@ -94,7 +98,11 @@ def _warn_unauthenticated(app_ids: list[int], *, every: bool) -> None:
 
 
 def setup_app(app: Flask) -> OARecallState:
-    """Set the config defaults, validate the config and create the state; once per app."""
+    """Set the config defaults, validate the config and create the state; once per app.
+
+    :raises ~flask_oa_recall.errors.ConfigError: if a config value is malformed or missing.
+    :raises ~flask_oa_recall.errors.MissingDependency: if the store needs an extra.
+    """
     state = app.extensions.get(EXTENSION_KEY)
     if isinstance(state, OARecallState):
         return state
@@ -104,18 +112,18 @@ def setup_app(app: Flask) -> OARecallState:
     settings = state.settings(app.config)
     state.store(settings)  # an unknown OA_RECALL_STORE fails here, at start-up
     app.extensions[EXTENSION_KEY] = state
-    from .cli import oa_recall_cli
-
-    if "oa-recall" not in app.cli.commands:
-        app.cli.add_command(oa_recall_cli)
     return state
 
 
 def get_state(app: Flask) -> OARecallState:
-    """The state of ``app``; a clear error if the extension was not set up on it."""
+    """The state of ``app``.
+
+    :raises ~flask_oa_recall.errors.NotSetUp: if the extension is not set up on ``app`` (a
+        :class:`RuntimeError` too).
+    """
     state = app.extensions.get(EXTENSION_KEY)
     if not isinstance(state, OARecallState):
-        raise RuntimeError(
+        raise NotSetUp(
             "flask_oa_recall is not set up on this app: call OARecall(app) or"
             " register create_blueprint()."
         )

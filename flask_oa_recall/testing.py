@@ -22,19 +22,28 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from .config import DEFAULTS, parse_settings
 from .events import RECALL_COMMAND, Callback, RecallEvent
+from .payloads import (
+    ADD_SUBSCRIBER_COMMAND,
+    DEFAULT_MSG_KEY,
+    DEFAULT_OFFICIAL_ACCOUNT,
+    SEND_MSG_COMMAND,
+    after_add_subscriber_body,
+    after_send_msg_body,
+    callback_body,
+    callback_path,
+    recall_body,
+    signed_query,
+)
 from .security import sign
 from .signals import (
     callback_received,
@@ -64,170 +73,6 @@ __all__ = [
     "sign",
     "signed_query",
 ]
-
-#: The Official Account id used when none is given (Tencent's documented prefix).
-DEFAULT_OFFICIAL_ACCOUNT = "@TOA#_test"
-
-#: The MsgKey of Tencent's sample request, used when none is given.
-DEFAULT_MSG_KEY = "71_1_1698741698"
-
-#: ``OfficialAccount.CallbackAfterSendMsg``: an Official Account message was delivered.
-SEND_MSG_COMMAND = "OfficialAccount.CallbackAfterSendMsg"
-
-#: ``OfficialAccount.CallbackAfterAddSubscriber``: users subscribed to an Official Account.
-ADD_SUBSCRIBER_COMMAND = "OfficialAccount.CallbackAfterAddSubscriber"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def recall_body(
-    msg_keys: Sequence[str] = (DEFAULT_MSG_KEY,),
-    *,
-    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
-    event_time_ms: int | str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A ``OfficialAccount.CallbackAfterMsgWithDraw`` body, as Tencent sends it.
-
-    :param msg_keys: the recalled MsgKeys, one ``WithdrawMsgList`` entry each, in this order.
-    :param official_account: the ``Official_Account`` id.
-    :param event_time_ms: ``EventTime``; now by default. A string is sent as a string, as in
-        some of Tencent's samples.
-    :param extra: more top-level fields (unknown fields are kept by the extension).
-    """
-    return {
-        "CallbackCommand": RECALL_COMMAND,
-        "Official_Account": official_account,
-        "WithdrawMsgList": [{"MsgKey": key} for key in msg_keys],
-        "EventTime": _now_ms() if event_time_ms is None else event_time_ms,
-        **extra,
-    }
-
-
-def callback_body(command: str, **fields: Any) -> dict[str, Any]:
-    """The body of any other command: ``CallbackCommand``, ``EventTime`` (now) and ``fields``.
-
-    ``fields`` may override ``EventTime``.
-    """
-    return {"CallbackCommand": command, "EventTime": _now_ms(), **fields}
-
-
-def after_send_msg_body(
-    msg_key: str = DEFAULT_MSG_KEY,
-    *,
-    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
-    text: str = "hello",
-    msg_time: int | None = None,
-    online_only: bool = False,
-    cloud_custom_data: str = "",
-    **extra: Any,
-) -> dict[str, Any]:
-    """An ``OfficialAccount.CallbackAfterSendMsg`` body carrying one text message.
-
-    :param msg_key: the new message's MsgKey.
-    :param text: the text of its single ``TIMTextElem``.
-    :param msg_time: ``MsgTime`` in seconds; now by default.
-    """
-    return callback_body(
-        SEND_MSG_COMMAND,
-        Official_Account=official_account,
-        MsgKey=msg_key,
-        MsgTime=int(time.time()) if msg_time is None else msg_time,
-        OnlineOnlyFlag=int(online_only),
-        MsgBody=[{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}],
-        CloudCustomData=cloud_custom_data,
-        **extra,
-    )
-
-
-def after_add_subscriber_body(
-    subscribers: Sequence[str],
-    *,
-    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
-    operator: str = "admin",
-    **extra: Any,
-) -> dict[str, Any]:
-    """An ``OfficialAccount.CallbackAfterAddSubscriber`` body for ``subscribers``."""
-    return callback_body(
-        ADD_SUBSCRIBER_COMMAND,
-        Official_Account=official_account,
-        Operator_Account=operator,
-        SubscribeAccountList=[{"Subscriber_Account": s} for s in subscribers],
-        **extra,
-    )
-
-
-def _config_defaults(app: Flask | None) -> tuple[int | None, str | None]:
-    if app is None or app.config.get("OA_RECALL_SDKAPPID") is None:
-        return None, None
-    # The extension's own parsing, so every form the config accepts works here too.
-    settings = parse_settings(app.config)
-    configured = app.config["OA_RECALL_SDKAPPID"]
-    if isinstance(configured, list | tuple) and configured:
-        sdk_app_id = int(configured[0])
-    else:
-        sdk_app_id = min(settings.sdk_app_ids)
-    tokens = settings.tokens.get(sdk_app_id, ())
-    return sdk_app_id, (tokens[0] if tokens else None)
-
-
-def signed_query(
-    app: Flask | None = None,
-    *,
-    command: str = RECALL_COMMAND,
-    sdk_app_id: int | None = None,
-    token: str | None = None,
-    request_time: int | str | None = None,
-    client_ip: str | None = "127.0.0.1",
-    platform: str | None = "RESTAPI",
-    **extra: str,
-) -> str:
-    """The query string Tencent appends, signed when a token is known.
-
-    :param app: SdkAppid and token default to the first ones in its config.
-    :param command: ``CallbackCommand``.
-    :param sdk_app_id: overrides the app's first SdkAppid.
-    :param token: overrides the app's first token; ``""`` sends no ``Sign``/``RequestTime``.
-    :param request_time: ``RequestTime`` in Unix seconds; now by default.
-    :param client_ip: ``ClientIP``, or ``None`` to leave it out.
-    :param platform: ``OptPlatform``, or ``None`` to leave it out.
-    :param extra: more parameters, added last (a name given twice makes the query ambiguous).
-    :raises ValueError: if no SdkAppid is known.
-    """
-    default_id, default_token = _config_defaults(app)
-    sdk_app_id = sdk_app_id if sdk_app_id is not None else default_id
-    if sdk_app_id is None:
-        raise ValueError("signed_query needs an SdkAppid: pass app= or sdk_app_id=.")
-    token = token if token is not None else default_token
-    params: dict[str, str] = {"SdkAppid": str(sdk_app_id), "CallbackCommand": command}
-    params["contenttype"] = "json"
-    if client_ip is not None:
-        params["ClientIP"] = client_ip
-    if platform is not None:
-        params["OptPlatform"] = platform
-    if token:
-        when = str(int(time.time()) if request_time is None else request_time)
-        params["Sign"] = sign(token, when)
-        params["RequestTime"] = when
-    params.update(extra)
-    return urlencode(params)
-
-
-def callback_path(app: Flask) -> str:
-    """The path of ``app``'s callback route, read from ``app.url_map``.
-
-    Follows a ``url_prefix`` given to :func:`~flask_oa_recall.create_blueprint`; falls back to
-    ``OA_RECALL_PATH`` if no route serves the callback.
-    """
-    from .blueprint import callback
-
-    for rule in app.url_map.iter_rules():
-        if app.view_functions.get(rule.endpoint) is callback:
-            return rule.rule
-    path: str = app.config.get("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
-    return path
 
 
 def post_callback(

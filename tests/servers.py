@@ -235,22 +235,34 @@ def gunicorn_server(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     args = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", "127.0.0.1:0",
-        "--workers", str(workers),
-        "--worker-class", worker_class,
-        "--threads", str(threads),
-        "--timeout", str(timeout),
-        "--graceful-timeout", str(graceful_timeout),
-        "--access-logfile", "-",
-        "--error-logfile", "-",
-        "--log-level", "info",
-        "--chdir", str(PROJECT_ROOT),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        worker_class,
+        "--threads",
+        str(threads),
+        "--timeout",
+        str(timeout),
+        "--graceful-timeout",
+        str(graceful_timeout),
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "-",
+        "--log-level",
+        "info",
+        "--chdir",
+        str(PROJECT_ROOT),
         *(["--preload"] if preload else []),
         *_gunicorn_flags(),
         *extra_args,
         app,
-    ]  # fmt: skip
+    ]
     full_env = subprocess_env(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -29,9 +29,22 @@ EXPECTED_ROWS = (
 def run_bench(tmp_path: Path, only: str, *extra: str) -> str:
     output = tmp_path / "RESULTS.md"
     command = [
-        sys.executable, "-m", "bench", "--quick", "--rounds", "1", "--only", only,
-        "--inproc-keys", "1,10", "--inproc-requests", "20", "--output", str(output), *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--rounds",
+        "1",
+        "--only",
+        only,
+        "--inproc-keys",
+        "1,10",
+        "--inproc-requests",
+        "20",
+        "--output",
+        str(output),
+        *extra,
+    ]
     completed = subprocess.run(
         command,
         cwd=REPO,

@@ -144,8 +144,17 @@ def keep(
 def rows(output: str) -> list[dict[str, str]]:
     """Parse the aligned table back into dicts, by the header's column offsets."""
     header, *lines = output.splitlines()
-    names = ["ID", "RECEIVED (UTC)", "COMMAND", "OFFICIAL ACCOUNT", "KEYS", "STATUS",
-             "ATTEMPTS", "FAILED RECEIVERS", "LAST ERROR"]  # fmt: skip
+    names = [
+        "ID",
+        "RECEIVED (UTC)",
+        "COMMAND",
+        "OFFICIAL ACCOUNT",
+        "KEYS",
+        "STATUS",
+        "ATTEMPTS",
+        "FAILED RECEIVERS",
+        "LAST ERROR",
+    ]
     starts = [header.index(n) for n in names]
     assert starts == sorted(starts)
     ends = [*starts[1:], None]
@@ -386,8 +395,12 @@ def test_replay_pending_finishes_an_interrupted_delivery_with_every_receiver(hos
         f"dead  done       attempt 2; ran: {AUDIT} ok, {INDEX} ok, {MIRROR} ok"
     )
     assert sorted(host.calls) == [
-        ("audit", "dead"), ("index", "a"), ("index", "b"), ("mirror", "a"), ("mirror", "b"),
-    ]  # fmt: skip
+        ("audit", "dead"),
+        ("index", "a"),
+        ("index", "b"),
+        ("mirror", "a"),
+        ("mirror", "b"),
+    ]
 
 
 @BACKENDS

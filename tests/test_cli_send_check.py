@@ -173,7 +173,7 @@ def test_check_fails_on_a_config_broken_after_start(make_app: AppFactory) -> Non
         [
             "FAIL",
             "config",
-            "ValueError: OA_RECALL_DISPATCH must be one of ('sync', 'after_response'),"
+            "ConfigError: OA_RECALL_DISPATCH must be one of ('sync', 'after_response'),"
             " got 'later'.",
         ]
     ]

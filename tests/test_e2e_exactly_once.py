@@ -153,8 +153,9 @@ def test_two_servers_sharing_redis_dispatch_each_recall_once(
     audit_pids = {pid for w, r, pid, _ in host.record() if r == "audit"}
     assert audit_pids & pids_a
     assert audit_pids & pids_b
-    listed = host.flask("oa-recall", "deliveries", "--json", "--limit", "1000",
-                        OA_RECALL_STORE=redis_store_url)  # fmt: skip
+    listed = host.flask(
+        "oa-recall", "deliveries", "--json", "--limit", "1000", OA_RECALL_STORE=redis_store_url
+    )
     assert listed.returncode == 0, listed.stderr
     kept = [json.loads(line) for line in listed.stdout.splitlines()]
     assert len(kept) == len(batches)
@@ -200,8 +201,10 @@ def test_a_worker_killed_mid_receiver_leaves_the_delivery_pending_and_replay_fin
     delivery = _pending(host)
     assert delivery.msg_keys == tuple(keys)
     assert host.count("done", "mirror") == {}
-    wait_for(lambda: host.flask("oa-recall", "deliveries", "--pending").stdout.count(
-        "interrupted") == 1, what="the lease to run out")  # fmt: skip
+    wait_for(
+        lambda: host.flask("oa-recall", "deliveries", "--pending").stdout.count("interrupted") == 1,
+        what="the lease to run out",
+    )
 
     replay = host.flask("oa-recall", "replay", "--pending")
 
@@ -303,8 +306,10 @@ def test_after_response_a_crash_after_the_answer_leaves_the_delivery_for_replay(
 
     delivery = _pending(host)
     assert host.count("done", "mirror") == {}
-    wait_for(lambda: host.flask("oa-recall", "deliveries", "--pending").stdout.count(
-        "interrupted") == 1, what="the lease to run out")  # fmt: skip
+    wait_for(
+        lambda: host.flask("oa-recall", "deliveries", "--pending").stdout.count("interrupted") == 1,
+        what="the lease to run out",
+    )
 
     replay = host.flask("oa-recall", "replay", "--pending")
 

@@ -57,9 +57,19 @@ PATH = "/tencent-im/callback"
 DOCUMENTED_STATUSES = {200} | {r.status for r in REJECTIONS.values() if r.status != 503}
 CODE_TO_REASON = {r.error_code: r for r in REJECTIONS.values()}
 METHODS = [
-    "POST", "GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS",
-    "TRACE", "CONNECT", "PROPFIND", "FOO", "post",
-]  # fmt: skip
+    "POST",
+    "GET",
+    "HEAD",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "TRACE",
+    "CONNECT",
+    "PROPFIND",
+    "FOO",
+    "post",
+]
 
 FUZZ = settings(
     max_examples=1000,
@@ -466,9 +476,13 @@ def fresh(make_app: Any) -> Iterator[Harness]:
 def _signed(app: Flask) -> str:
     when = str(int(time.time()))
     return encode(
-        [("SdkAppid", str(SDK_APP_ID)), ("CallbackCommand", RECALL_COMMAND),
-         ("Sign", sign(app.config["OA_RECALL_TOKENS"][0], when)), ("RequestTime", when)]
-    )  # fmt: skip
+        [
+            ("SdkAppid", str(SDK_APP_ID)),
+            ("CallbackCommand", RECALL_COMMAND),
+            ("Sign", sign(app.config["OA_RECALL_TOKENS"][0], when)),
+            ("RequestTime", when),
+        ]
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from flask_oa_recall import StoreError
+from flask_oa_recall import StoreError, UnknownDelivery
 from flask_oa_recall.store import (
     Claim,
     DeliveryBusy,
@@ -254,9 +254,11 @@ def test_a_failed_message_stays_claimable_with_the_receivers_that_succeeded(stor
 # -- resume --------------------------------------------------------------------------------------
 
 
-def test_resume_of_an_unknown_delivery_raises_key_error(store: Store) -> None:
-    with pytest.raises(KeyError):
+def test_resume_of_an_unknown_delivery_raises_unknown_delivery(store: Store) -> None:
+    with pytest.raises(UnknownDelivery) as caught:
         store.resume("no-such-delivery", LEASE)
+    assert isinstance(caught.value, KeyError)
+    assert caught.value.delivery_id == "no-such-delivery"
 
 
 def test_resume_of_a_delivery_with_a_live_lease_raises_delivery_busy(store: Store) -> None:

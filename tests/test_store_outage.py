@@ -73,11 +73,24 @@ class PrivateRedis:
         assert self.process is None
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.directory)],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         log.close()
         deadline = time.monotonic() + START_SECONDS
         while True:

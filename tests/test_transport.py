@@ -315,33 +315,31 @@ REPEATS: dict[str, tuple[Callable[[Pairs], Pairs], int, int]] = {
     # name: (how the query is changed, expected status, ErrorCode)
     "same-sdkappid-twice": (lambda p: [*p, ("SdkAppid", str(SDK_APP_ID))], 200, 0),
     "same-sdkappid-in-another-case": (lambda p: [*p, ("SDKAPPID", str(SDK_APP_ID))], 200, 0),
-    "foreign-sdkappid-after-ours": (
-        lambda p: [*p, ("SdkAppid", str(FOREIGN_APP_ID))], 400, 40005
-    ),
-    "foreign-sdkappid-before-ours": (
-        lambda p: [("sdkappid", str(FOREIGN_APP_ID)), *p], 400, 40005
-    ),
+    "foreign-sdkappid-after-ours": (lambda p: [*p, ("SdkAppid", str(FOREIGN_APP_ID))], 400, 40005),
+    "foreign-sdkappid-before-ours": (lambda p: [("sdkappid", str(FOREIGN_APP_ID)), *p], 400, 40005),
     "foreign-sdkappid-in-lower-case-only": (
-        lambda p: [("sdkappid", str(FOREIGN_APP_ID)), *p[1:]], 403, 40302
+        lambda p: [("sdkappid", str(FOREIGN_APP_ID)), *p[1:]],
+        403,
+        40302,
     ),
     "foreign-sdkappid-as-SdkAppId-only": (
-        lambda p: [("SdkAppId", str(FOREIGN_APP_ID)), *p[1:]], 403, 40302
+        lambda p: [("SdkAppId", str(FOREIGN_APP_ID)), *p[1:]],
+        403,
+        40302,
     ),
     "our-sdkappid-with-spaces": (lambda p: [("SdkAppid", f" {SDK_APP_ID} "), *p[1:]], 200, 0),
-    "sign-twice-different-case": (
-        lambda p: [*p, ("SIGN", p[3][1].upper())], 400, 40005
-    ),
-    "sign-upper-case-alone": (
-        lambda p: [*p[:3], ("Sign", p[3][1].upper()), p[4]], 200, 0
-    ),
+    "sign-twice-different-case": (lambda p: [*p, ("SIGN", p[3][1].upper())], 400, 40005),
+    "sign-upper-case-alone": (lambda p: [*p[:3], ("Sign", p[3][1].upper()), p[4]], 200, 0),
     "second-wrong-sign": (lambda p: [*p, ("sign", "0" * 64)], 400, 40005),
     "second-request-time": (lambda p: [*p, ("requesttime", "1")], 400, 40005),
     "second-command": (lambda p: [*p, ("callbackcommand", "State.StateChange")], 400, 40005),
     "unknown-parameters-repeated": (lambda p: [*p, ("x", "1"), ("x", "2"), ("X", "3")], 200, 0),
     "name-with-a-trailing-space-is-not-sdkappid": (
-        lambda p: [*p, ("SdkAppid ", str(FOREIGN_APP_ID))], 200, 0
+        lambda p: [*p, ("SdkAppid ", str(FOREIGN_APP_ID))],
+        200,
+        0,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(REPEATS), ids=sorted(REPEATS))

@@ -1,14 +1,36 @@
-"""The ``flask oa-recall`` command group; one module per command family."""
+"""The ``flask oa-recall`` commands; one module per command family.
+
+The blueprint adds them to its own ``cli`` group, named ``oa-recall``, and Flask adds that group
+to ``app.cli`` when the blueprint is registered, as it does for any blueprint's commands.
+"""
 
 from __future__ import annotations
 
-from flask.cli import AppGroup
+import click
 
-__all__ = ["oa_recall_cli"]
+from .check import check_command
+from .deliveries import deliveries_command, prune_command, replay_command
+from .openapi import openapi_command
+from .send import send_command
 
-oa_recall_cli = AppGroup(
-    "oa-recall", help="Tencent Cloud Chat callbacks: deliveries, replay, checks."
+__all__ = ["CLI_GROUP", "COMMANDS", "add_commands"]
+
+#: The name of the group under ``flask``: ``flask oa-recall ...``.
+CLI_GROUP = "oa-recall"
+
+#: Every command of the group.
+COMMANDS = (
+    check_command,
+    deliveries_command,
+    openapi_command,
+    prune_command,
+    replay_command,
+    send_command,
 )
 
-# The command modules add themselves to the group on import.
-from . import check, deliveries, openapi, send  # noqa: E402, F401
+
+def add_commands(group: click.Group) -> None:
+    """Add the commands to ``group`` (a blueprint's ``cli``) and give it its help text."""
+    group.help = "Tencent Cloud Chat callbacks: deliveries, replay, checks."
+    for command in COMMANDS:
+        group.add_command(command)

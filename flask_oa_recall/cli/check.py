@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from ..config import TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import named_receivers
+from ..payloads import callback_rules
 from ..signals import callback_received, messages_recalled
 from ..state import get_state
 from ..store.url import redact_url
-from . import oa_recall_cli
 
 __all__ = ["Finding", "check_command", "run_checks"]
 
@@ -159,9 +160,7 @@ def _receivers(app: Flask) -> Iterator[Finding]:
 
 
 def _route(app: Flask) -> Iterator[Finding]:
-    from ..blueprint import callback
-
-    rules = [r for r in app.url_map.iter_rules() if app.view_functions.get(r.endpoint) is callback]
+    rules = callback_rules(app)
     if not rules:
         yield Finding(FAIL, "route", "no URL serves the callback view.")
         return
@@ -208,7 +207,8 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-@oa_recall_cli.command("check")
+@click.command("check")
+@with_appcontext
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
 def check_command(strict: bool) -> None:
     """Check the configuration before going live: one line per check, OK, WARN or FAIL.

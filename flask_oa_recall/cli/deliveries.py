@@ -14,14 +14,14 @@ from typing import Any, NoReturn
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from ..config import Settings
 from ..delivery import prepare_replay, run
-from ..errors import OARecallError, StoreError
+from ..errors import DeliveryBusy, OARecallError, StoreError, UnknownDelivery
 from ..events import RECALL_COMMAND
 from ..state import get_state
-from ..store import Delivery, DeliveryBusy, DeliveryStatus, Store
-from . import oa_recall_cli
+from ..store import Delivery, DeliveryStatus, Store
 
 __all__ = [
     "INTERRUPTED",
@@ -108,15 +108,24 @@ def _as_json(delivery: Delivery, now: float) -> dict[str, Any]:
 
 
 _HEADER = (
-    "ID", "RECEIVED (UTC)", "COMMAND", "OFFICIAL ACCOUNT", "KEYS", "STATUS", "ATTEMPTS",
-    "FAILED RECEIVERS", "LAST ERROR",
-)  # fmt: skip
+    "ID",
+    "RECEIVED (UTC)",
+    "COMMAND",
+    "OFFICIAL ACCOUNT",
+    "KEYS",
+    "STATUS",
+    "ATTEMPTS",
+    "FAILED RECEIVERS",
+    "LAST ERROR",
+)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows]  # fmt: skip
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _row(delivery: Delivery, now: float) -> tuple[str, ...]:
@@ -141,7 +150,8 @@ def _error_text(delivery: Delivery) -> str:
     return rest if sep and delivery.receivers.get(name) == "failed" else error
 
 
-@oa_recall_cli.command("deliveries")
+@click.command("deliveries")
+@with_appcontext
 @click.option("--failed", is_flag=True, help="Only deliveries whose receivers failed.")
 @click.option("--pending", is_flag=True, help="Only unfinished ones (in flight or interrupted).")
 @click.option(
@@ -180,12 +190,12 @@ def _replay_one(app: Flask, settings: Settings, store: Store, delivery_id: str) 
     try:
         kept = store.get(delivery_id)
         if kept is None:
-            raise KeyError(delivery_id)
+            raise UnknownDelivery(delivery_id)
         if kept.status in _FINISHED:
             # Replaying it would run nothing and only relabel it a duplicate.
             return True, _line(delivery_id, kept.status, "already finished; nothing to replay")
         prepared = prepare_replay(store, delivery_id, settings.lease_seconds)
-    except KeyError:
+    except UnknownDelivery:
         return False, _line(delivery_id, "unknown", "no such delivery")
     except DeliveryBusy:
         until = f" until {_utc(kept.lease_until)} UTC" if kept else ""
@@ -211,7 +221,8 @@ def _replay_one(app: Flask, settings: Settings, store: Store, delivery_id: str) 
     return finished and kept is not None and kept.status == outcome.status, line
 
 
-@oa_recall_cli.command("replay")
+@click.command("replay")
+@with_appcontext
 @click.option("--failed", is_flag=True, help="Replay every failed delivery.")
 @click.option("--pending", is_flag=True, help="Replay every interrupted delivery.")
 @click.argument("ids", nargs=-1)
@@ -257,7 +268,8 @@ def replay_command(failed: bool, pending: bool, ids: tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
-@oa_recall_cli.command("prune")
+@click.command("prune")
+@with_appcontext
 @click.option(
     "--older-than",
     "days",

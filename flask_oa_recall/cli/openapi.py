@@ -7,13 +7,13 @@ from typing import IO
 
 import click
 from flask import current_app
-
-from . import oa_recall_cli
+from flask.cli import with_appcontext
 
 __all__ = ["openapi_command"]
 
 
-@oa_recall_cli.command("openapi")
+@click.command("openapi")
+@with_appcontext
 @click.option(
     "--server", "server_url", help="Public base URL to list under 'servers', e.g. https://host."
 )

@@ -11,18 +11,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from ..config import TENCENT_TIMEOUT_SECONDS
 from ..events import RECALL_COMMAND
-from ..responses import OK_BODY
-from ..testing import (
+from ..payloads import (
     DEFAULT_OFFICIAL_ACCOUNT,
     callback_body,
     callback_path,
     recall_body,
     signed_query,
 )
-from . import oa_recall_cli
+from ..responses import OK_BODY
 
 __all__ = ["send_command"]
 
@@ -75,7 +75,8 @@ def _redacted(query: str) -> str:
     )
 
 
-@oa_recall_cli.command("send")
+@click.command("send")
+@with_appcontext
 @click.option(
     "--url",
     help=f"The server to post to. Default: {DEFAULT_BASE_URL} and this app's callback path;"

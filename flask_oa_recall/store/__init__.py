@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from ..errors import ConfigError, MissingDependency
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -32,7 +33,12 @@ DEFAULT_SQLITE_NAME = "oa_recall.sqlite3"
 
 
 def open_store(url: str | None, instance_path: str) -> Store:
-    """Open the store that ``OA_RECALL_STORE`` names; raise :class:`ValueError` if it is unknown."""
+    """Open the store that ``OA_RECALL_STORE`` names.
+
+    :raises ~flask_oa_recall.errors.ConfigError: if the URL names no store this package has.
+    :raises ~flask_oa_recall.errors.MissingDependency: for a Redis URL without the ``redis``
+        extra installed.
+    """
     if url is None:
         return SQLiteStore(os.path.join(instance_path, DEFAULT_SQLITE_NAME))
     scheme = urlsplit(url).scheme.lower()
@@ -41,9 +47,10 @@ def open_store(url: str | None, instance_path: str) -> Store:
     if scheme == "sqlite":
         prefix = "sqlite:///"
         if not url.lower().startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(
+            raise ConfigError(
+                "OA_RECALL_STORE",
                 f"OA_RECALL_STORE {url!r} is not a SQLite URL: use sqlite:///relative/path.db"
-                " or sqlite:////absolute/path.db."
+                " or sqlite:////absolute/path.db.",
             )
         path = url[len(prefix) :]
         return SQLiteStore(path if os.path.isabs(path) else os.path.join(instance_path, path))
@@ -51,12 +58,12 @@ def open_store(url: str | None, instance_path: str) -> Store:
         try:
             from .redis import RedisStore
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise RuntimeError(
-                "OA_RECALL_STORE is a Redis URL but the redis client is not installed:"
-                " pip install 'flask-oa-recall[redis]'."
+            raise MissingDependency(
+                "redis", "OA_RECALL_STORE is a Redis URL but the redis client is not installed"
             ) from err
         return RedisStore(url)
-    raise ValueError(
+    raise ConfigError(
+        "OA_RECALL_STORE",
         f"OA_RECALL_STORE has an unknown scheme {scheme!r}: use sqlite:///…, redis://…,"
-        " memory://, or leave it unset for SQLite in the instance folder."
+        " memory://, or leave it unset for SQLite in the instance folder.",
     )

@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..errors import LayoutError
+from ..errors import DeliveryBusy, LayoutError, UnknownDelivery
 
 __all__ = [
     "Claim",
@@ -26,6 +26,7 @@ __all__ = [
     "NewDelivery",
     "Outcome",
     "Store",
+    "UnknownDelivery",
     "newer_layout",
 ]
 
@@ -41,10 +42,6 @@ class DeliveryStatus:
     """At least one receiver raised; ``replay`` runs those again."""
     DUPLICATE = "duplicate"
     """Every message in it had already been dispatched, or is being dispatched elsewhere."""
-
-
-class DeliveryBusy(Exception):
-    """``resume`` found the delivery leased by a live worker."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +130,9 @@ class Store(Protocol):
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease a kept delivery again for a replay: count the attempt, re-claim its messages.
 
-        Raises :class:`KeyError` if unknown, :class:`DeliveryBusy` if a live worker holds it.
+        :raises ~flask_oa_recall.errors.UnknownDelivery: if no such delivery is kept (a
+            :class:`KeyError` too).
+        :raises ~flask_oa_recall.errors.DeliveryBusy: if a live worker holds it.
         """
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:

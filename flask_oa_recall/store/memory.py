@@ -7,7 +7,7 @@ import time
 from collections.abc import Collection
 from dataclasses import replace
 
-from ..errors import StoreError
+from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
 from .logic import MessageState, merge_receivers, release, try_claim
 
@@ -57,7 +57,9 @@ class MemoryStore:
         """Lease ``delivery_id`` again for a replay."""
         now = time.time()
         with self._lock:
-            kept = self._deliveries[delivery_id]
+            kept = self._deliveries.get(delivery_id)
+            if kept is None:
+                raise UnknownDelivery(delivery_id)
             if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
                 raise DeliveryBusy(delivery_id)
             kept = replace(

@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .url import redact_url
 
@@ -272,6 +272,10 @@ def _score(value: float) -> str:
     return repr(float(value))
 
 
+#: The config key whose value these errors are about.
+_KEY = "OA_RECALL_STORE"
+
+
 def _split_url(url: str) -> tuple[str, str]:
     """Take ``prefix`` out of the URL's query: redis-py would pass it on as a connection option."""
     # Split by hand: urlunsplit would turn unix:///path into unix:/path.
@@ -280,12 +284,15 @@ def _split_url(url: str) -> tuple[str, str]:
     prefixes = [value for name, value in pairs if name == "prefix"]
     rest = [(name, value) for name, value in pairs if name != "prefix"]
     if len(prefixes) > 1:
-        raise ValueError(f"Redis store URL gives 'prefix' {len(prefixes)} times; give it once.")
+        raise ConfigError(
+            _KEY, f"Redis store URL gives 'prefix' {len(prefixes)} times; give it once."
+        )
     prefix = prefixes[0] if prefixes else DEFAULT_PREFIX
     if not prefix or "{" in prefix or "}" in prefix:
-        raise ValueError(
+        raise ConfigError(
+            _KEY,
             f"Redis store prefix {prefix!r} must be non-empty and hold no '{{' or '}}'"
-            " (the store wraps it in braces as a Redis Cluster hash tag)."
+            " (the store wraps it in braces as a Redis Cluster hash tag).",
         )
     return (f"{base}?{urlencode(rest)}" if rest else base), prefix
 
@@ -359,7 +366,9 @@ class RedisStore:
             # rather than inside the first request.
             pool.connection_class(**kwargs)
         except TypeError as err:
-            raise ValueError(f"Redis store URL {self.url!r} has an unknown option: {err}") from err
+            raise ConfigError(
+                _KEY, f"Redis store URL {self.url!r} has an unknown option: {err}"
+            ) from err
         tag = "{" + self.prefix + "}"
         self._delivery_prefix = f"{tag}:d:"
         self._message_prefix = f"{tag}:m:"
@@ -433,14 +442,21 @@ class RedisStore:
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one script (one round trip)."""
         fields: list[str] = [
-            "id", delivery.id,
-            "received_at", repr(float(delivery.received_at)),
-            "sdk_app_id", str(delivery.sdk_app_id),
-            "command", delivery.command,
-            "query", json.dumps(dict(delivery.query)),
-            "body", delivery.body,
-            "msg_keys", json.dumps(list(delivery.msg_keys)),
-        ]  # fmt: skip
+            "id",
+            delivery.id,
+            "received_at",
+            repr(float(delivery.received_at)),
+            "sdk_app_id",
+            str(delivery.sdk_app_id),
+            "command",
+            delivery.command,
+            "query",
+            json.dumps(dict(delivery.query)),
+            "body",
+            delivery.body,
+            "msg_keys",
+            json.dumps(list(delivery.msg_keys)),
+        ]
         if delivery.official_account is not None:
             fields += ["official_account", delivery.official_account]
         members = {
@@ -469,7 +485,7 @@ class RedisStore:
         with self._errors(f"resume delivery {delivery_id}"):
             answer = self._resume(keys=keys, args=args)
         if answer[0] == "missing":
-            raise KeyError(delivery_id)
+            raise UnknownDelivery(delivery_id)
         if answer[0] == "busy":
             raise DeliveryBusy(delivery_id)
         kept = _to_delivery(_pairs(answer[2]))

@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StoreError
+from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .logic import MessageState, merge_receivers, release, try_claim
 
@@ -77,8 +77,22 @@ _COLUMNS = (
 
 
 def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
-    (id_, received, updated, app_id, command, query, body, oa, keys, status, attempts,
-     receivers, error, lease) = row  # fmt: skip
+    (
+        id_,
+        received,
+        updated,
+        app_id,
+        command,
+        query,
+        body,
+        oa,
+        keys,
+        status,
+        attempts,
+        receivers,
+        error,
+        lease,
+    ) = row
     return Delivery(
         id=id_,
         received_at=received,
@@ -175,9 +189,11 @@ class SQLiteStore:
         deadline = time.monotonic() + self._busy_timeout
         while True:
             conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None,
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
                 check_same_thread=False,
-            )  # fmt: skip
+            )
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
@@ -255,9 +271,17 @@ class SQLiteStore:
             if verdict == "owned":
                 owned[key] = frozenset(state.receivers_done)
                 claimed.append(
-                    (delivery.sdk_app_id, oa, key, 0, delivery.id, state.lease_until,
-                     _names_json(state.receivers_done), now)
-                )  # fmt: skip
+                    (
+                        delivery.sdk_app_id,
+                        oa,
+                        key,
+                        0,
+                        delivery.id,
+                        state.lease_until,
+                        _names_json(state.receivers_done),
+                        now,
+                    )
+                )
             else:
                 (done if verdict == "done" else busy).append(key)
         if claimed:
@@ -274,11 +298,23 @@ class SQLiteStore:
             conn.execute(
                 f"INSERT INTO oa_recall_deliveries ({_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (delivery.id, delivery.received_at, now, delivery.sdk_app_id, delivery.command,
-                 json.dumps(dict(delivery.query)), delivery.body, delivery.official_account,
-                 json.dumps(list(delivery.msg_keys)), DeliveryStatus.PENDING, 1, "{}", None,
-                 now + lease_seconds),
-            )  # fmt: skip
+                (
+                    delivery.id,
+                    delivery.received_at,
+                    now,
+                    delivery.sdk_app_id,
+                    delivery.command,
+                    json.dumps(dict(delivery.query)),
+                    delivery.body,
+                    delivery.official_account,
+                    json.dumps(list(delivery.msg_keys)),
+                    DeliveryStatus.PENDING,
+                    1,
+                    "{}",
+                    None,
+                    now + lease_seconds,
+                ),
+            )
             return self._claim(conn, delivery, frozenset(), now, lease_seconds)
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
@@ -289,7 +325,7 @@ class SQLiteStore:
                 f"SELECT {_COLUMNS} FROM oa_recall_deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
             if row is None:
-                raise KeyError(delivery_id)
+                raise UnknownDelivery(delivery_id)
             kept = _row_to_delivery(row)
             if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
                 raise DeliveryBusy(delivery_id)
@@ -299,10 +335,14 @@ class SQLiteStore:
                 (DeliveryStatus.PENDING, now, now + lease_seconds, delivery_id),
             )
             kept = Delivery(
-                **{**vars(kept), "status": DeliveryStatus.PENDING,
-                   "attempts": kept.attempts + 1, "updated_at": now,
-                   "lease_until": now + lease_seconds},
-            )  # fmt: skip
+                **{
+                    **vars(kept),
+                    "status": DeliveryStatus.PENDING,
+                    "attempts": kept.attempts + 1,
+                    "updated_at": now,
+                    "lease_until": now + lease_seconds,
+                },
+            )
             ok = frozenset(n for n, r in kept.receivers.items() if r == "ok")
             return kept, self._claim(conn, kept, ok, now, lease_seconds)
 
@@ -330,9 +370,17 @@ class SQLiteStore:
                     key in outcome.failed,
                 )
                 released.append(
-                    (app_id, oa or "", key, int(state.done), state.owner, state.lease_until,
-                     _names_json(state.receivers_done), now)
-                )  # fmt: skip
+                    (
+                        app_id,
+                        oa or "",
+                        key,
+                        int(state.done),
+                        state.owner,
+                        state.lease_until,
+                        _names_json(state.receivers_done),
+                        now,
+                    )
+                )
             if released:
                 conn.executemany(
                     "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
