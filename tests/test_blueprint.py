@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -81,38 +82,45 @@ def signed(**overrides: str) -> dict[str, str]:
 GOOD = json.dumps(recall_body(["71_1_1698741698"])).encode()
 
 
-BAD_REQUESTS = [
-    ("get", signed(), GOOD, "method_not_allowed"),
-    ("put", signed(), GOOD, "method_not_allowed"),
-    ("delete", signed(), GOOD, "method_not_allowed"),
-    ("options", signed(), GOOD, "method_not_allowed"),
-    ("post", signed(), b"x" * 70000, "body_too_large"),
-    ("post", signed(SdkAppid="<drop>"), GOOD, "missing_sdkappid"),
-    ("post", signed(SdkAppid="1400000001"), GOOD, "unknown_sdkappid"),
-    ("post", signed(Sign="<drop>", RequestTime="<drop>"), GOOD, "missing_signature"),
-    ("post", signed(Sign="0" * 64), GOOD, "bad_signature"),
-    ("post", signed(RequestTime="1669872112", Sign=sign(TOKEN, 1669872112)), GOOD, "stale_request"),
-    ("post", signed(RequestTime="soon"), GOOD, "malformed_request_time"),
-    ("post", signed(), b"not json", "malformed_body"),
-    ("post", signed(), b"[1, 2]", "malformed_body"),
-    ("post", signed(), b"\xff\xfe{}", "malformed_body"),
-    ("post", signed(), b'{"a": NaN}', "malformed_body"),
-    ("post", signed(), b"", "malformed_body"),
+#: Signed when the test runs, not when pytest collects it: collecting the whole suite can take
+#: longer than the allowed clock skew.
+BAD_REQUESTS: list[tuple[str, Callable[[], dict[str, str]], bytes, str]] = [
+    ("get", partial(signed), GOOD, "method_not_allowed"),
+    ("put", partial(signed), GOOD, "method_not_allowed"),
+    ("delete", partial(signed), GOOD, "method_not_allowed"),
+    ("options", partial(signed), GOOD, "method_not_allowed"),
+    ("post", partial(signed), b"x" * 70000, "body_too_large"),
+    ("post", partial(signed, SdkAppid="<drop>"), GOOD, "missing_sdkappid"),
+    ("post", partial(signed, SdkAppid="1400000001"), GOOD, "unknown_sdkappid"),
+    ("post", partial(signed, Sign="<drop>", RequestTime="<drop>"), GOOD, "missing_signature"),
+    ("post", partial(signed, Sign="0" * 64), GOOD, "bad_signature"),
     (
         "post",
-        signed(),
+        partial(signed, RequestTime="1669872112", Sign=sign(TOKEN, 1669872112)),
+        GOOD,
+        "stale_request",
+    ),
+    ("post", partial(signed, RequestTime="soon"), GOOD, "malformed_request_time"),
+    ("post", partial(signed), b"not json", "malformed_body"),
+    ("post", partial(signed), b"[1, 2]", "malformed_body"),
+    ("post", partial(signed), b"\xff\xfe{}", "malformed_body"),
+    ("post", partial(signed), b'{"a": NaN}', "malformed_body"),
+    ("post", partial(signed), b"", "malformed_body"),
+    (
+        "post",
+        partial(signed),
         json.dumps(recall_body(["k"]) | {"WithdrawMsgList": []}).encode(),
         "invalid_payload",
     ),
     (
         "post",
-        signed(),
+        partial(signed),
         json.dumps(recall_body(["k"]) | {"EventTime": "yesterday"}).encode(),
         "invalid_payload",
     ),
     (
         "post",
-        signed(),
+        partial(signed),
         json.dumps(
             {k: v for k, v in recall_body(["k"]).items() if k != "CallbackCommand"}
         ).encode(),
@@ -120,12 +128,12 @@ BAD_REQUESTS = [
     ),
     (
         "post",
-        signed(CallbackCommand="OfficialAccount.CallbackAfterSendMsg"),
+        partial(signed, CallbackCommand="OfficialAccount.CallbackAfterSendMsg"),
         GOOD,
         "command_mismatch",
     ),
-    ("post", signed(CallbackCommand="<drop>"), b"{}", "missing_command"),
-    ("post", {**signed(), "sdkappid": "1"}, GOOD, "ambiguous_query"),
+    ("post", partial(signed, CallbackCommand="<drop>"), b"{}", "missing_command"),
+    ("post", lambda: {**signed(), "sdkappid": "1"}, GOOD, "ambiguous_query"),
 ]
 
 
@@ -139,12 +147,12 @@ def test_bad_request_gets_documented_envelope_and_no_dispatch(
     client: FlaskClient,
     rejections: list[dict[str, Any]],
     method: str,
-    params: dict[str, str],
+    params: Callable[[], dict[str, str]],
     data: bytes,
     reason: str,
 ) -> None:
     rejection = REJECTIONS[reason]
-    query = "&".join(f"{k}={v}" for k, v in params.items())
+    query = "&".join(f"{k}={v}" for k, v in params().items())
     with capture_recalls(app) as events, capture_callbacks(app) as callbacks:
         response = getattr(client, method)(f"{PATH}?{query}", data=data)
     assert response.status_code == rejection.status
