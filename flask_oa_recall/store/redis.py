@@ -416,8 +416,9 @@ class RedisStore:
             return
         found = self.stored_layout_version()
         if found is not None and found > self.layout_version:
-            raise newer_layout(f"Redis store at {self._where} prefix {self.prefix!r}", found,
-                               self.layout_version)  # fmt: skip
+            raise newer_layout(
+                f"Redis store at {self._where} prefix {self.prefix!r}", found, self.layout_version
+            )
         self._layout_checked_in = pid
 
     def _delivery_key(self, delivery_id: str) -> str:
