@@ -22,16 +22,36 @@ from .errors import (
     StoreError,
     UnknownDelivery,
 )
-from .events import RECALL_COMMAND, Callback, RecalledMessage, RecallEvent
+from .events import (
+    RECALL_COMMAND,
+    Callback,
+    MessageSentEvent,
+    OfficialAccountChangedEvent,
+    OfficialAccountCreatedEvent,
+    OfficialAccountDestroyedEvent,
+    OfficialAccountEvent,
+    RecalledMessage,
+    RecallEvent,
+    SubscriberLimitReachedEvent,
+    SubscribersAddedEvent,
+    SubscribersDeletedEvent,
+)
 from .extension import OARecall
 from .responses import REJECTIONS, Rejection
 from .signals import (
     callback_received,
     callback_rejected,
     decision_failed,
+    message_sent,
     messages_recalled,
+    official_account_changed,
+    official_account_created,
+    official_account_destroyed,
     receiver_failed,
     store_failed,
+    subscriber_limit_reached,
+    subscribers_added,
+    subscribers_deleted,
 )
 
 __all__ = [
@@ -46,24 +66,39 @@ __all__ = [
     "DecisionTimeout",
     "DeliveryBusy",
     "LayoutError",
+    "MessageSentEvent",
     "MissingConfig",
     "MissingDependency",
     "NotSetUp",
     "OARecall",
     "OARecallError",
+    "OfficialAccountChangedEvent",
+    "OfficialAccountCreatedEvent",
+    "OfficialAccountDestroyedEvent",
+    "OfficialAccountEvent",
     "RecallEvent",
     "RecalledMessage",
     "Rejection",
     "SetupError",
     "StoreError",
+    "SubscriberLimitReachedEvent",
+    "SubscribersAddedEvent",
+    "SubscribersDeletedEvent",
     "UnknownDelivery",
     "callback_received",
     "callback_rejected",
     "create_blueprint",
     "decision_failed",
+    "message_sent",
     "messages_recalled",
+    "official_account_changed",
+    "official_account_created",
+    "official_account_destroyed",
     "receiver_failed",
     "store_failed",
+    "subscriber_limit_reached",
+    "subscribers_added",
+    "subscribers_deleted",
 ]
 
 #: The installed distribution's version, read from its metadata (``pyproject.toml`` has the one

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,10 +20,11 @@ from .decisions import Decision
 from .delivery import new_delivery_id, run, start
 from .errors import CallbackRejected
 from .events import RECALL_COMMAND
-from .parsing import build_callback, build_recall_event, parse_body, resolve_command
+from .kinds import KINDS, Event, EventKind
+from .parsing import build_callback, parse_body, resolve_command
 from .responses import REJECTIONS, answer_response, ok_response, reject_response
 from .security import canonical_query, check_sdk_app_id, check_signature
-from .signals import callback_rejected
+from .signals import callback_received, callback_rejected
 from .state import OARecallState, get_state, setup_app
 from .store import NewDelivery
 
@@ -102,53 +105,128 @@ def _reject(app: Flask, err: CallbackRejected) -> Response:
     return reject_response(rejection, err.info)
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A request that passed the checks: authenticated, ours, a JSON object with a command."""
+
+    raw: bytes
+    pairs: list[tuple[str, str]]
+    query: dict[str, str]
+    sdk_app_id: int
+    body: dict[str, Any]
+    command: str
+
+
+def verify(settings: Settings) -> Verified:
+    """Read and check the request: method, body size, SdkAppid, ``Sign``, JSON, command.
+
+    :raises CallbackRejected: at the first check that fails.
+    """
+    if request.method != "POST":
+        raise CallbackRejected("method_not_allowed")
+    raw = _read_body(settings.max_body_bytes)
+    pairs = _query_pairs()
+    query = canonical_query(pairs)
+    sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
+    tokens = settings.tokens.get(sdk_app_id)
+    if tokens:
+        check_signature(query, tokens, time.time(), settings.max_skew_seconds)
+    body = parse_body(raw)
+    command = resolve_command(query, body)
+    return Verified(raw, pairs, query, sdk_app_id, body, command)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the keep policy decided for one verified callback.
+
+    :param kind: the command's typed kind, if it has one.
+    :param typed: load the body into its typed event (the recall always; another typed command
+        when a receiver of its signal is connected for the app).
+    :param listened: a receiver of ``callback_received`` or of the typed signal is connected.
+    :param keep: write the delivery to the store (see :meth:`Settings.keeps`).
+    """
+
+    kind: EventKind | None
+    typed: bool
+    listened: bool
+    keep: bool
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to run and nothing to keep: the answer is all there is to do."""
+        return not (self.listened or self.keep)
+
+
+def plan(app: Flask, settings: Settings, command: str) -> Plan:
+    """Apply the keep policy to ``command`` for ``app``; no store access, no body load."""
+    kind = KINDS.get(command)
+    typed_listened = kind is not None and kind.signal.has_receivers_for(app)
+    listened = typed_listened or callback_received.has_receivers_for(app)
+    typed = kind is not None and (typed_listened or command == RECALL_COMMAND)
+    return Plan(kind, typed, listened, settings.keeps(command, listened))
+
+
+def _new_delivery(
+    verified: Verified, event: Event | None, delivery_id: str, at: float
+) -> NewDelivery:
+    kept_query: dict[str, str] = {}
+    for name, value in verified.pairs:
+        if name.lower() != "sign":
+            kept_query.setdefault(name, value)
+    return NewDelivery(
+        id=delivery_id,
+        received_at=at,
+        sdk_app_id=verified.sdk_app_id,
+        command=verified.command,
+        query=kept_query,
+        body=verified.raw.decode("utf-8"),
+        official_account=event.official_account if event else None,
+        msg_keys=event.dedup_keys if event else (),
+    )
+
+
 def callback() -> Response:
-    """Handle one request to the callback URL."""
+    """Handle one request to the callback URL: verify, apply the keep policy, keep, dispatch,
+    answer; a before-callback is answered by its decider first."""
     arrived = time.monotonic()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
     settings = state.settings(app.config)
     try:
-        if request.method != "POST":
-            raise CallbackRejected("method_not_allowed")
-        raw = _read_body(settings.max_body_bytes)
-        pairs = _query_pairs()
-        query = canonical_query(pairs)
-        sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
-        tokens = settings.tokens.get(sdk_app_id)
-        if tokens:
-            check_signature(query, tokens, time.time(), settings.max_skew_seconds)
-        body = parse_body(raw)
-        command = resolve_command(query, body)
+        verified = verify(settings)
+        chosen = plan(app, settings, verified.command)
+        before = is_before_command(verified.command)
+        if chosen.idle and not before:
+            return ok_response()
         received_at = time.time()
         delivery_id = new_delivery_id(received_at)
         event = None
-        if command == RECALL_COMMAND:
-            event = build_recall_event(body, query, sdk_app_id, delivery_id)
+        if chosen.typed:
+            assert chosen.kind is not None
+            event = chosen.kind.load(
+                verified.body, verified.query, verified.sdk_app_id, delivery_id
+            )
     except CallbackRejected as err:
         return _reject(app, err)
+    delivery = _new_delivery(verified, event, delivery_id, received_at)
+    if before:
+        deadline = arrived + settings.decision_seconds
+        return _answer_before(app, state, settings, delivery, verified, chosen, deadline)
+    return _keep_and_dispatch(app, state, settings, delivery, event, verified.body, chosen.keep)
 
-    kept_query: dict[str, str] = {}
-    for name, value in pairs:
-        if name.lower() != "sign":
-            kept_query.setdefault(name, value)
-    delivery = NewDelivery(
-        id=delivery_id,
-        received_at=received_at,
-        sdk_app_id=sdk_app_id,
-        command=command,
-        query=kept_query,
-        body=raw.decode("utf-8"),
-        official_account=event.official_account if event else None,
-        msg_keys=event.msg_keys if event else (),
-    )
-    if is_before_command(command):
-        return _answer_before(
-            app, state, settings, delivery, body, raw, arrived + settings.decision_seconds
-        )
 
-    store = state.store(settings)
-    prepared = start(app, store, delivery, event, body, kept_query, settings.lease_seconds)
+def _keep_and_dispatch(
+    app: Flask,
+    state: OARecallState,
+    settings: Settings,
+    delivery: NewDelivery,
+    event: Event | None,
+    body: Mapping[str, Any],
+    keep: bool,
+) -> Response:
+    store = state.store(settings) if keep else None
+    prepared = start(app, store, delivery, event, body, delivery.query, settings.lease_seconds)
 
     if settings.dispatch == "after_response" and prepared.kept:
         response = ok_response()
@@ -158,13 +236,13 @@ def callback() -> Response:
                 try:
                     run(app, store, prepared, settings.slow_dispatch_seconds)
                 except Exception:
-                    logger.exception("dispatch of delivery %s failed; it stays kept", delivery_id)
+                    logger.exception("dispatch of delivery %s failed; it stays kept", delivery.id)
 
         response.call_on_close(dispatch_after_response)
         return response
 
     outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
-    if not prepared.kept and outcome.error is not None:
+    if keep and not prepared.kept and outcome.error is not None:
         # Not a rejection (the receivers ran, store_failed was sent): the sender is asked to
         # send it again because nothing kept the failure for a replay.
         return reject_response(REJECTIONS["delivery_not_kept"])
@@ -176,13 +254,14 @@ def _answer_before(
     state: OARecallState,
     settings: Settings,
     delivery: NewDelivery,
-    body: dict[str, Any],
-    raw: bytes,
+    verified: Verified,
+    chosen: Plan,
     deadline: float,
 ) -> Response:
     """Answer a before-callback with its decider's decision (allow when it has none), by
-    ``deadline`` and without touching the store. ``decision_failed``, keeping the delivery and
-    ``callback_received`` come after the answer went out."""
+    ``deadline`` and without touching the store. ``decision_failed``, keeping the delivery (as
+    the keep policy says) and ``callback_received`` come after the answer went out."""
+    body = verified.body
     decider = state.deciders.get(delivery.command)
     if decider is None:
         verdict = Verdict(_ALLOW)
@@ -196,16 +275,22 @@ def _answer_before(
             delivery.received_at,
         )
         pool = state.decider_pool(settings.decision_threads)
-        verdict = decide(app, decider, callback, request.environ, raw, settings, pool, deadline)
+        verdict = decide(
+            app, decider, callback, request.environ, verified.raw, settings, pool, deadline
+        )
     decision = verdict.decision
     response = answer_response(decision.answer()) if decision != _ALLOW else ok_response()
+    if chosen.idle and verdict.failure is None:
+        return response
 
     def after_answer() -> None:
         with app.app_context():
             if verdict.failure is not None:
                 send_decision_failed(app, delivery.command, verdict.failure, delivery.id)
+            if chosen.idle:
+                return
             try:
-                store = state.store(settings)
+                store = state.store(settings) if chosen.keep else None
                 lease = settings.lease_seconds
                 prepared = start(app, store, delivery, None, body, delivery.query, lease)
                 run(app, store, prepared, settings.slow_dispatch_seconds)

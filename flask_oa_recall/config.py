@@ -13,6 +13,7 @@ __all__ = [
     "DECISION_FALLBACKS",
     "DEFAULTS",
     "DISPATCH_MODES",
+    "KEEP_ALL",
     "TENCENT_TIMEOUT_SECONDS",
     "Settings",
     "parse_settings",
@@ -20,6 +21,13 @@ __all__ = [
 
 #: How long Tencent waits for an answer before it gives up.
 TENCENT_TIMEOUT_SECONDS = 2.0
+
+#: In ``OA_RECALL_KEEP_COMMANDS``: keep every command, listened to or not.
+KEEP_ALL = "*"
+
+#: The command that is always kept (a copy of ``events.RECALL_COMMAND``; config imports nothing
+#: from the package).
+_RECALL = "OfficialAccount.CallbackAfterMsgWithDraw"
 
 #: ``OA_RECALL_DISPATCH`` values.
 DISPATCH_MODES = ("sync", "after_response")
@@ -40,6 +48,8 @@ DEFAULTS: Mapping[str, Any] = {
     "OA_RECALL_DECISION_SECONDS": 1.5,
     "OA_RECALL_DECISION_FALLBACK": "allow",
     "OA_RECALL_DECISION_THREADS": 8,
+    "OA_RECALL_KEEP_COMMANDS": [],
+    "OA_RECALL_SKIP_COMMANDS": [],
 }
 
 _KEYS = ("OA_RECALL_SDKAPPID", *DEFAULTS)
@@ -61,6 +71,25 @@ class Settings:
     decision_seconds: float
     decision_fallback: str
     decision_threads: int
+    keep_commands: frozenset[str] = frozenset()
+    skip_commands: frozenset[str] = frozenset()
+
+    def keeps(self, command: str, listened: bool) -> bool:
+        """The keep policy: is a callback of ``command`` written to the store?
+
+        The recall always is; a command in ``OA_RECALL_SKIP_COMMANDS`` never is; one in
+        ``OA_RECALL_KEEP_COMMANDS`` (or every command, with ``"*"`` there) always is; any other
+        only when ``listened`` (a receiver of ``callback_received`` or of its typed signal is
+        connected for the app).
+        """
+        if command in self.skip_commands:
+            return False
+        return (
+            listened
+            or command == _RECALL
+            or command in self.keep_commands
+            or KEEP_ALL in self.keep_commands
+        )
 
     @property
     def authenticates(self) -> bool:
@@ -109,6 +138,42 @@ def _tokens(value: Any, sdk_app_ids: frozenset[int]) -> dict[int, tuple[str, ...
         return {app_id: tokens.get(app_id, ()) for app_id in sdk_app_ids}
     shared = _token_list(key, value)
     return dict.fromkeys(sdk_app_ids, shared)
+
+
+def _commands(key: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, Collection):
+        raise ConfigTypeError(
+            key,
+            f"{key} must be a list of CallbackCommand names, got {type(value).__name__}"
+            + (": wrap it in [...]." if isinstance(value, str) else "."),
+        )
+    for command in value:
+        if not isinstance(command, str) or not command.strip() or command != command.strip():
+            raise ConfigError(key, f"{key} holds {command!r}, which is not a CallbackCommand name.")
+    return frozenset(value)
+
+
+def _keep_policy(config: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    keep = _commands("OA_RECALL_KEEP_COMMANDS", config.get("OA_RECALL_KEEP_COMMANDS") or [])
+    skip = _commands("OA_RECALL_SKIP_COMMANDS", config.get("OA_RECALL_SKIP_COMMANDS") or [])
+    if _RECALL in skip:
+        raise ConfigError(
+            "OA_RECALL_SKIP_COMMANDS",
+            f"OA_RECALL_SKIP_COMMANDS names {_RECALL}: the recall is always kept (a lost recall"
+            " leaves a recalled message visible); remove it.",
+        )
+    if KEEP_ALL in skip:
+        raise ConfigError(
+            "OA_RECALL_SKIP_COMMANDS",
+            f"OA_RECALL_SKIP_COMMANDS cannot hold {KEEP_ALL!r}: name the commands not to keep.",
+        )
+    both = sorted(keep & skip)
+    if both:
+        raise ConfigError(
+            "OA_RECALL_SKIP_COMMANDS",
+            f"{both[0]} is in both OA_RECALL_KEEP_COMMANDS and OA_RECALL_SKIP_COMMANDS.",
+        )
+    return keep, skip
 
 
 def parse_settings(config: Mapping[str, Any]) -> Settings:
@@ -176,6 +241,7 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
             "OA_RECALL_DECISION_THREADS",
             f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.",
         )
+    keep_commands, skip_commands = _keep_policy(config)
     return Settings(
         sdk_app_ids=sdk_app_ids,
         tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),
@@ -197,6 +263,8 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         decision_seconds=float(decision_seconds),
         decision_fallback=fallback,
         decision_threads=threads,
+        keep_commands=keep_commands,
+        skip_commands=skip_commands,
     )
 
 

@@ -12,8 +12,8 @@ from flask import Flask
 
 from .dispatch import dispatch
 from .errors import StoreError
-from .events import RECALL_COMMAND, RecallEvent
-from .parsing import build_callback, build_recall_event, parse_body
+from .kinds import KINDS, Event
+from .parsing import build_callback, parse_body
 from .security import canonical_query
 from .signals import store_failed
 from .store import Claim, Delivery, NewDelivery, Outcome, Store
@@ -35,7 +35,7 @@ class Prepared:
     delivery: NewDelivery
     claim: Claim
     kept: bool
-    event: RecallEvent | None
+    event: Event | None
     body: Mapping[str, Any]
     query: Mapping[str, str]
     attempt: int = 1
@@ -53,26 +53,36 @@ def _store_failed(app: Flask, err: Exception, delivery_id: str, what: str) -> No
 
 def start(
     app: Flask,
-    store: Store,
+    store: Store | None,
     delivery: NewDelivery,
-    event: RecallEvent | None,
+    event: Event | None,
     body: Mapping[str, Any],
     query: Mapping[str, str],
     lease_seconds: float,
 ) -> Prepared:
     """Keep ``delivery`` and claim its messages. If the store fails, claim everything so the
-    receivers still run (dedup is lost, the recall is not)."""
+    receivers still run (dedup is lost, the recall is not).
+
+    With no ``store`` (the keep policy leaves this command out) nothing is written: every
+    message is claimed, as if the store had failed.
+    """
+    if store is None:
+        return Prepared(delivery, _claim_all(delivery), False, event, body, query)
     try:
         claim = store.begin(delivery, lease_seconds)
         kept = True
     except StoreError as err:
         _store_failed(app, err, delivery.id, "kept")
-        claim = Claim(owned=dict.fromkeys(delivery.msg_keys, frozenset()))
+        claim = _claim_all(delivery)
         kept = False
     return Prepared(delivery, claim, kept, event, body, query)
 
 
-def run(app: Flask, store: Store, prepared: Prepared, slow_seconds: float) -> Outcome:
+def _claim_all(delivery: NewDelivery) -> Claim:
+    return Claim(owned=dict.fromkeys(delivery.msg_keys, frozenset()))
+
+
+def run(app: Flask, store: Store | None, prepared: Prepared, slow_seconds: float) -> Outcome:
     """Dispatch a prepared delivery and record the outcome."""
     d = prepared.delivery
     callback = build_callback(
@@ -95,7 +105,7 @@ def run(app: Flask, store: Store, prepared: Prepared, slow_seconds: float) -> Ou
         slow_seconds=slow_seconds,
         failed_before=failed_before,
     )
-    if prepared.kept:
+    if prepared.kept and store is not None:
         finish(app, store, d.id, prepared.claim, outcome)
     return outcome
 
@@ -117,7 +127,10 @@ def prepare_replay(store: Store, delivery_id: str, lease_seconds: float) -> Prep
 def _rebuild(kept: Delivery, claim: Claim) -> Prepared:
     body = parse_body(kept.body.encode("utf-8"))
     event = None
-    if kept.command == RECALL_COMMAND:
+    kind = KINDS.get(kept.command)
+    # Only a delivery kept with dedup keys was typed when it arrived (a typed command that only
+    # callback_received listened to is kept without them): its replay is typed the same way.
+    if kind is not None and kept.msg_keys:
         canonical = canonical_query(kept.query.items())
-        event = build_recall_event(body, canonical, kept.sdk_app_id, kept.id)
+        event = kind.load(body, canonical, kept.sdk_app_id, kept.id)
     return Prepared(kept, claim, True, event, body, kept.query, attempt=kept.attempts)

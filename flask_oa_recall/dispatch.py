@@ -6,13 +6,15 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from blinker import Signal
 from flask import Flask
 
-from .events import Callback, RecallEvent
-from .signals import callback_received, messages_recalled, receiver_failed
+from .events import Callback
+from .kinds import Event, kind_of
+from .signals import callback_received, receiver_failed
 from .store import Claim, DeliveryStatus, Outcome
 
 __all__ = ["dispatch", "receiver_name"]
@@ -76,74 +78,84 @@ def named_receivers(
     return named
 
 
-def dispatch(
-    app: Flask,
-    claim: Claim,
-    callback: Callback,
-    event: RecallEvent | None,
-    *,
-    slow_seconds: float,
-    failed_before: frozenset[str] = frozenset(),
-) -> Outcome:
-    """Send ``callback_received`` and, for a recall, ``messages_recalled`` to each receiver.
+def _failure_text(name: str, exc: Exception) -> str:
+    return f"{name}: {type(exc).__name__}: {exc}"[:_MAX_ERROR]
 
-    A receiver that already succeeded (per ``claim``) is skipped; one that raises is logged,
-    reported through ``receiver_failed`` and recorded, and the others still run. A receiver in
-    ``failed_before`` (a replay's earlier failures) that is not connected now counts as failed
-    again, so that its messages are not finished without it.
-    """
-    started = time.perf_counter()
-    results: dict[str, str] = {}
-    succeeded: dict[str, set[str]] = {}
-    failed: set[str] = set()
+
+@dataclass
+class _Attempt:
+    """What one dispatch attempt has done so far."""
+
+    results: dict[str, str] = field(default_factory=dict)
+    succeeded: dict[str, set[str]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    connected: set[str] = field(default_factory=set)
     first_error: str | None = None
 
-    connected: set[str] = set()
+    def failure(self, name: str, text: str) -> None:
+        self.results[name] = "failed"
+        self.first_error = self.first_error or text
+
+
+def _per_delivery(app: Flask, claim: Claim, callback: Callback, attempt: _Attempt) -> None:
+    """``callback_received``: once per delivery and receiver (redeliveries included)."""
     for name, receiver in named_receivers(callback_received, app, "callback_received:"):
-        connected.add(name)
+        attempt.connected.add(name)
         if name in claim.receivers_ok:
             continue
         try:
             _call(app, receiver, callback=callback)
         except Exception as exc:
-            results[name] = "failed"
-            first_error = first_error or f"{name}: {type(exc).__name__}: {exc}"[:_MAX_ERROR]
+            attempt.failure(name, _failure_text(name, exc))
             _report(app, name, "callback_received", exc, callback.delivery_id)
         else:
-            results[name] = "ok"
+            attempt.results[name] = "ok"
 
-    recall_receivers = (
-        named_receivers(messages_recalled, app, "messages_recalled:") if event is not None else []
-    )
-    connected.update(name for name, _ in recall_receivers)
-    if event is not None and claim.owned:
-        for name, receiver in recall_receivers:
-            keys = [k for k in event.msg_keys if k in claim.owned and name not in claim.owned[k]]
-            if not keys:
-                continue
-            given = event if len(keys) == len(event.messages) else event.only(set(keys))
-            try:
-                _call(app, receiver, event=given)
-            except Exception as exc:
-                results[name] = "failed"
-                failed.update(keys)
-                first_error = first_error or f"{name}: {type(exc).__name__}: {exc}"[:_MAX_ERROR]
-                _report(app, name, "messages_recalled", exc, callback.delivery_id)
-            else:
-                results[name] = "ok"
-                for key in keys:
-                    succeeded.setdefault(key, set()).add(name)
 
-    for name in sorted(failed_before - connected):
-        if name.startswith("messages_recalled:"):
+def _per_key(app: Flask, claim: Claim, callback: Callback, event: Event, attempt: _Attempt) -> None:
+    """The typed signal: each receiver gets the event narrowed to the keys it has not handled
+    yet (a recall's messages; the one identity of the other events)."""
+    kind = kind_of(event)
+    receivers = named_receivers(kind.signal, app, f"{kind.signal_name}:")
+    attempt.connected.update(name for name, _ in receivers)
+    if not claim.owned:
+        return
+    all_keys = event.dedup_keys
+    for name, receiver in receivers:
+        keys = [k for k in all_keys if k in claim.owned and name not in claim.owned[k]]
+        if not keys:
+            continue
+        given = event if len(keys) == len(all_keys) else event.only(set(keys))
+        try:
+            _call(app, receiver, event=given)
+        except Exception as exc:
+            attempt.failure(name, _failure_text(name, exc))
+            attempt.failed.update(keys)
+            _report(app, name, kind.signal_name, exc, callback.delivery_id)
+        else:
+            attempt.results[name] = "ok"
+            for key in keys:
+                attempt.succeeded.setdefault(key, set()).add(name)
+
+
+def _missing(
+    claim: Claim,
+    callback: Callback,
+    event: Event | None,
+    failed_before: frozenset[str],
+    attempt: _Attempt,
+) -> None:
+    """A receiver that failed before and is not connected now counts as failed again, so that
+    its messages are not finished without it."""
+    for name in sorted(failed_before - attempt.connected):
+        if not name.startswith("callback_received:"):
             if event is None:
                 continue
             missed = [k for k, done in claim.owned.items() if name not in done]
             if not missed:
                 continue  # every message it failed on was finished since
-            failed.update(missed)
-        results[name] = "failed"
-        first_error = first_error or f"{name}: not connected in this process"
+            attempt.failed.update(missed)
+        attempt.failure(name, f"{name}: not connected in this process")
         logger.error(
             "receiver %s failed for delivery %s before and is not connected now; connect it"
             " and replay again",
@@ -151,25 +163,52 @@ def dispatch(
             callback.delivery_id,
         )
 
-    if first_error is not None:
-        status = DeliveryStatus.FAILED
-    elif event is not None and not claim.owned:
-        status = DeliveryStatus.DUPLICATE
-    else:
-        status = DeliveryStatus.DONE
+
+def _warn_if_slow(delivery_id: str, started: float, slow_seconds: float) -> None:
     elapsed = time.perf_counter() - started
     if elapsed > slow_seconds:
         logger.warning(
             "dispatch of delivery %s took %.3f s, more than %.3f s of Tencent's 2 s budget;"
             " consider OA_RECALL_DISPATCH='after_response' or handing work to a queue",
-            callback.delivery_id,
+            delivery_id,
             elapsed,
             slow_seconds,
         )
+
+
+def dispatch(
+    app: Flask,
+    claim: Claim,
+    callback: Callback,
+    event: Event | None,
+    *,
+    slow_seconds: float,
+    failed_before: frozenset[str] = frozenset(),
+) -> Outcome:
+    """Send ``callback_received`` and, for a typed event, its signal to each receiver.
+
+    A receiver that already succeeded (per ``claim``) is skipped; one that raises is logged,
+    reported through ``receiver_failed`` and recorded, and the others still run. A receiver in
+    ``failed_before`` (a replay's earlier failures) that is not connected now counts as failed
+    again, so that its messages are not finished without it.
+    """
+    started = time.perf_counter()
+    attempt = _Attempt()
+    _per_delivery(app, claim, callback, attempt)
+    if event is not None:
+        _per_key(app, claim, callback, event, attempt)
+    _missing(claim, callback, event, failed_before, attempt)
+    if attempt.first_error is not None:
+        status = DeliveryStatus.FAILED
+    elif event is not None and not claim.owned:
+        status = DeliveryStatus.DUPLICATE
+    else:
+        status = DeliveryStatus.DONE
+    _warn_if_slow(callback.delivery_id, started, slow_seconds)
     return Outcome(
         status=status,
-        receivers=results,
-        succeeded={k: frozenset(v) for k, v in succeeded.items()},
-        failed=frozenset(failed),
-        error=first_error,
+        receivers=attempt.results,
+        succeeded={k: frozenset(v) for k, v in attempt.succeeded.items()},
+        failed=frozenset(attempt.failed),
+        error=attempt.first_error,
     )

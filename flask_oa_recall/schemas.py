@@ -13,7 +13,24 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, val
 
 from .events import RecalledMessage
 
-__all__ = ["EventTimeField", "RecallBodySchema", "WithdrawMsgSchema", "recall_body_schema"]
+__all__ = [
+    "AfterCreateBodySchema",
+    "AfterDestroyedBodySchema",
+    "AfterEventBodySchema",
+    "AfterFullBodySchema",
+    "AfterInfoChangedBodySchema",
+    "AfterSendMsgBodySchema",
+    "AfterSubscribersBodySchema",
+    "EventTimeField",
+    "LenientFlag",
+    "LenientInteger",
+    "LenientObjects",
+    "LenientString",
+    "RecallBodySchema",
+    "SubscriberListField",
+    "WithdrawMsgSchema",
+    "recall_body_schema",
+]
 
 #: 9999-12-31T23:59:59.999Z, the last millisecond a ``datetime`` can hold.
 MAX_EVENT_TIME_MS = 253_402_300_799_999
@@ -100,3 +117,139 @@ def first_error(err: ValidationError) -> str:
         return f"{'.'.join(path) or 'body'}: {node}"
 
     return walk([], messages)
+
+
+class LenientString(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
+    """An optional string that never refuses a body: any other value loads as ``None``.
+
+    The raw body keeps what was sent; a receiver that needs an odd value reads it there.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str | None:
+        return value if isinstance(value, str) else None
+
+
+class LenientInteger(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
+    """An optional integer (or string of digits) that never refuses a body: else ``None``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> int | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+            return int(value)
+        return None
+
+
+class LenientFlag(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
+    """An optional 0/1 flag (``OnlineOnlyFlag``): 1 or ``"1"`` (or ``true``) loads as ``True``,
+    0 as ``False``, anything else as ``None``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool | None:
+        if value in (1, "1") or value is True:
+            return True
+        if value in (0, "0") or value is False:
+            return False
+        return None
+
+
+class LenientObjects(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
+    """An optional list of JSON objects; entries that are not objects, or a value that is not a
+    list, are left out (the raw body keeps them)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> tuple[Mapping[str, Any], ...]:
+        if not isinstance(value, list):
+            return ()
+        return tuple(entry for entry in value if isinstance(entry, dict))
+
+
+class SubscriberListField(LenientObjects):
+    """``SubscribeAccountList: [{"Subscriber_Account": "user1"}]`` as the accounts' ids; an
+    entry without a string ``Subscriber_Account`` is left out."""
+
+    def _deserialize(  # type: ignore[override]
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> tuple[str, ...]:
+        entries = super()._deserialize(value, attr, data, **kwargs)
+        accounts = (entry.get("Subscriber_Account") for entry in entries)
+        return tuple(a for a in accounts if isinstance(a, str) and a)
+
+
+class AfterEventBodySchema(Schema):
+    """What every typed Official Account "after" body must carry: the command, the account and
+    ``EventTime``. Every other field is optional and never refuses a body: an odd value loads as
+    ``None`` and stays in the raw body."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    CallbackCommand = fields.String(required=True)
+    Official_Account = fields.String(required=True, validate=validate.Length(min=1))
+    EventTime = EventTimeField(required=True)
+
+
+class AfterSendMsgBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterSendMsg``; ``MsgKey`` is required (it is the identity)."""
+
+    MsgKey = fields.String(required=True, validate=validate.Length(min=1))
+    MsgTime = LenientInteger()
+    OnlineOnlyFlag = LenientFlag()
+    MsgBody = LenientObjects()
+    CloudCustomData = LenientString()
+
+
+class AfterCreateBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterCreateOfficialAccount``."""
+
+    Operator_Account = LenientString()
+    Owner_Account = LenientString()
+    Name = LenientString()
+
+
+class AfterInfoChangedBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterOfficialAccountInfoChanged``: the changed fields only."""
+
+    Operator_Account = LenientString()
+    Name = LenientString()
+    Introduction = LenientString()
+    FaceUrl = LenientString()
+    Organization = LenientString()
+
+
+class AfterDestroyedBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterOfficialAccountDestroyed``."""
+
+    Owner_Account = LenientString()
+    Name = LenientString()
+
+
+class AfterSubscribersBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterAddSubscriber`` and ``...AfterDeleteSubscriber``."""
+
+    Operator_Account = LenientString()
+    SubscribeAccountList = SubscriberListField()
+
+
+class AfterFullBodySchema(AfterEventBodySchema):
+    """``OfficialAccount.CallbackAfterOfficialAccountFull``: the account only."""

@@ -11,9 +11,16 @@ __all__ = [
     "callback_received",
     "callback_rejected",
     "decision_failed",
+    "message_sent",
     "messages_recalled",
+    "official_account_changed",
+    "official_account_created",
+    "official_account_destroyed",
     "receiver_failed",
     "store_failed",
+    "subscriber_limit_reached",
+    "subscribers_added",
+    "subscribers_deleted",
 ]
 
 _signals = Namespace()
@@ -27,9 +34,72 @@ delivers it.
     handled yet.
 """
 
+# The typed Official Account events. Names are in the past tense, subject first, like
+# ``messages_recalled`` and Flask's own ``message_flashed``; ``official_account_`` only where the
+# account itself is the subject. Each is sent once per event and receiver however often Tencent
+# delivers it (see docs/events.rst for each event's identity), after ``callback_received``, with
+# the same kept-delivery, failure and replay rules as ``messages_recalled``.
+
+message_sent = _signals.signal("oa-recall.message-sent")
+"""An Official Account message was delivered to its subscribers
+(``OfficialAccount.CallbackAfterSendMsg``): what a mirror inserts, and a later
+:data:`messages_recalled` names by the same MsgKey.
+
+:param sender: the Flask app.
+:param event: a :class:`~flask_oa_recall.MessageSentEvent`.
+"""
+
+official_account_created = _signals.signal("oa-recall.official-account-created")
+"""An Official Account was created through REST
+(``OfficialAccount.CallbackAfterCreateOfficialAccount``).
+
+:param sender: the Flask app.
+:param event: an :class:`~flask_oa_recall.OfficialAccountCreatedEvent`.
+"""
+
+official_account_changed = _signals.signal("oa-recall.official-account-changed")
+"""An Official Account's profile was changed through REST
+(``OfficialAccount.CallbackAfterOfficialAccountInfoChanged``).
+
+:param sender: the Flask app.
+:param event: an :class:`~flask_oa_recall.OfficialAccountChangedEvent` with the changed fields.
+"""
+
+official_account_destroyed = _signals.signal("oa-recall.official-account-destroyed")
+"""An Official Account was destroyed through REST
+(``OfficialAccount.CallbackAfterOfficialAccountDestroyed``).
+
+:param sender: the Flask app.
+:param event: an :class:`~flask_oa_recall.OfficialAccountDestroyedEvent`.
+"""
+
+subscribers_added = _signals.signal("oa-recall.subscribers-added")
+"""Users subscribed to an Official Account, from a client or added by an admin
+(``OfficialAccount.CallbackAfterAddSubscriber``).
+
+:param sender: the Flask app.
+:param event: a :class:`~flask_oa_recall.SubscribersAddedEvent`.
+"""
+
+subscribers_deleted = _signals.signal("oa-recall.subscribers-deleted")
+"""Users unsubscribed from an Official Account, or an admin deleted them
+(``OfficialAccount.CallbackAfterDeleteSubscriber``).
+
+:param sender: the Flask app.
+:param event: a :class:`~flask_oa_recall.SubscribersDeletedEvent`.
+"""
+
+subscriber_limit_reached = _signals.signal("oa-recall.subscriber-limit-reached")
+"""An Official Account reached its subscriber limit
+(``OfficialAccount.CallbackAfterOfficialAccountFull``).
+
+:param sender: the Flask app.
+:param event: a :class:`~flask_oa_recall.SubscriberLimitReachedEvent`.
+"""
+
 callback_received = _signals.signal("oa-recall.callback-received")
 """A callback of any command passed verification. Sent for every accepted request, redeliveries
-included, before :data:`messages_recalled`.
+included, before :data:`messages_recalled` and the typed events' signals.
 
 :param sender: the Flask app.
 :param callback: a :class:`~flask_oa_recall.Callback`.
@@ -45,12 +115,14 @@ callback_rejected = _signals.signal("oa-recall.callback-rejected")
 """
 
 receiver_failed = _signals.signal("oa-recall.receiver-failed")
-"""A receiver of :data:`messages_recalled` or :data:`callback_received` raised. The failure is kept
-and ``flask oa-recall replay`` runs that receiver again.
+"""A receiver of :data:`callback_received`, :data:`messages_recalled` or a typed event's signal
+(:data:`message_sent`...) raised. The failure is kept and ``flask oa-recall replay`` runs that
+receiver again.
 
 :param sender: the Flask app.
 :param receiver: the receiver's dotted name.
-:param signal_name: ``"messages_recalled"`` or ``"callback_received"``.
+:param signal_name: the signal's name as exported, e.g. ``"messages_recalled"``,
+    ``"message_sent"`` or ``"callback_received"``.
 :param exception: what it raised.
 :param delivery_id: the kept delivery's id.
 """

@@ -790,6 +790,7 @@ def test_a_store_that_fails_does_not_change_the_answer(caplog: pytest.LogCapture
     oa = OARecall()
     oa.decider(SEND)(lambda callback: Decision.drop())
     app = make(oa)
+    app.config["OA_RECALL_KEEP_COMMANDS"] = [SEND]  # nothing listens: keep it by config
     state = get_state(app)
     store = state.store(state.settings(app.config))
 

@@ -9,8 +9,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from ..config import TENCENT_TIMEOUT_SECONDS, Settings
+from ..config import KEEP_ALL, TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import named_receivers
+from ..events import RECALL_COMMAND
+from ..kinds import KINDS
 from ..payloads import callback_rules
 from ..signals import callback_received, messages_recalled
 from ..state import get_state
@@ -154,9 +156,57 @@ def _receivers(app: Flask) -> Iterator[Finding]:
             " and kept, but nothing takes the messages down. Connect a receiver where the app"
             " is created (@messages_recalled.connect_via(app)).",
         )
+    for kind in KINDS.values():
+        if kind.command == RECALL_COMMAND:
+            continue
+        typed = [name for name, _ in named_receivers(kind.signal, app, "")]
+        if typed:
+            yield Finding(OK, "receivers", f"{kind.signal_name}: {', '.join(typed)}")
     others = [name for name, _ in named_receivers(callback_received, app, "")]
     if others:
         yield Finding(OK, "receivers", f"callback_received: {', '.join(others)}")
+
+
+def _keep_policy(app: Flask, settings: Settings) -> Iterator[Finding]:
+    """What the store gets, by command, with the receivers connected now."""
+    keep, skip = settings.keep_commands, settings.skip_commands
+    yield Finding(OK, "keep", f"{RECALL_COMMAND}: always kept")
+    if skip:
+        yield Finding(
+            OK,
+            "keep",
+            f"never kept (OA_RECALL_SKIP_COMMANDS): {', '.join(sorted(skip))}; their receivers"
+            " run without dedup, and a failure cannot be replayed",
+        )
+    if KEEP_ALL in keep:
+        yield Finding(OK, "keep", "every other command: kept (OA_RECALL_KEEP_COMMANDS = ['*'])")
+        return
+    if keep:
+        yield Finding(
+            OK, "keep", f"always kept (OA_RECALL_KEEP_COMMANDS): {', '.join(sorted(keep))}"
+        )
+    if named_receivers(callback_received, app, ""):
+        yield Finding(
+            OK,
+            "keep",
+            "every other command: kept, because callback_received has receivers",
+        )
+        return
+    listened = sorted(
+        kind.command
+        for kind in KINDS.values()
+        if kind.command != RECALL_COMMAND
+        and kind.command not in skip
+        and kind.command not in keep
+        and named_receivers(kind.signal, app, "")
+    )
+    if listened:
+        yield Finding(OK, "keep", f"kept while their receivers listen: {', '.join(listened)}")
+    yield Finding(
+        OK,
+        "keep",
+        "any other command: answered, not kept (nothing listens to it; no store write)",
+    )
 
 
 def _route(app: Flask) -> Iterator[Finding]:
@@ -198,6 +248,7 @@ def run_checks(app: Flask) -> list[Finding]:
     findings += _body_limit(settings)
     findings += _store(app, settings)
     findings += _receivers(app)
+    findings += _keep_policy(app, settings)
     findings += _route(app)
     findings += _dispatch(settings)
     return findings
