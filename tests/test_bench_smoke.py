@@ -5,11 +5,13 @@ No figure is asserted (the machine is shared and noisy); only that every expecte
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,17 @@ def test_the_hand_written_route_signals_each_msg_key_once_and_refuses_bad_reques
     assert len(signalled) == 1
 
 
+@pytest.fixture
+def package_log_level() -> Iterator[None]:
+    """The bench apps quieten the ``flask_oa_recall`` logger for their servers; built in this
+    process, they would silence the log that later tests read."""
+    logger = logging.getLogger("flask_oa_recall")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("package_log_level")
 def test_the_decider_row_sends_a_before_send_that_its_decider_answers(tmp_path: Path) -> None:
     import json
 
