@@ -20,6 +20,9 @@ pytest_plugins = ["pytester", "flask_oa_recall.pytest_plugin"]
 SDK_APP_ID = 1400000000
 TOKEN = "xxxxyyyy"
 REDIS_URL = os.environ.get("OA_RECALL_TEST_REDIS", "redis://127.0.0.1:6379/13")
+POSTGRES_URL = os.environ.get(
+    "OA_RECALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 AppFactory = Callable[..., Flask]
 
@@ -76,3 +79,33 @@ def redis_url() -> str:
             pytest.fail(f"CI needs Redis: {why}")
         pytest.skip(why)
     return REDIS_URL
+
+
+def postgres_available(url: str = POSTGRES_URL) -> str | None:
+    """``None`` if PostgreSQL answers at ``url`` and its client is installed, else why not."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        return "psycopg or psycopg_pool is not installed (pip install -e '.[postgres]')"
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except Exception as err:
+        return f"PostgreSQL is unreachable at {url}: {err}"
+    return None
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test database's URL. Each test keeps its tables in a schema of its own and drops
+    it (see ``tests.servers.postgres_schema``); nothing here touches any other schema.
+
+    Skips when PostgreSQL is unreachable, except under CI (``CI=true``), where it fails.
+    """
+    why = postgres_available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL: {why}")
+        pytest.skip(why)
+    return POSTGRES_URL

@@ -40,6 +40,7 @@ __all__ = [
     "ServerError",
     "child_pids",
     "gunicorn_server",
+    "postgres_schema",
     "redis_prefixed",
     "run_flask",
     "subprocess_env",
@@ -442,3 +443,18 @@ def redis_prefixed(redis_url: str, name: str = "oa-recall-test") -> Iterator[str
                 client.delete(key)
         finally:
             client.close()
+
+
+@contextmanager
+def postgres_schema(postgres_url: str, name: str = "oa_recall_test") -> Iterator[str]:
+    """``postgres_url`` with a ``?schema=`` of its own (created by the store when first
+    used); the schema and everything in it is dropped after."""
+    import psycopg
+
+    schema = f"{name}_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{sep}schema={schema}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

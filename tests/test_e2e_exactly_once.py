@@ -26,6 +26,7 @@ from tests.servers import (
     CallbackClient,
     GunicornServer,
     gunicorn_server,
+    postgres_schema,
     redis_prefixed,
     run_flask,
     wait_for,
@@ -126,24 +127,35 @@ def test_concurrent_redeliveries_on_several_workers_reach_the_receiver_once(host
     assert host.count("done", "audit") == {d.id: 1 for d in kept}
 
 
-@pytest.fixture
-def redis_store_url(redis_url: str) -> Iterator[str]:
-    """The test Redis database with a key prefix of this test's own, removed afterwards."""
-    with redis_prefixed(redis_url) as url:
-        yield url
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def shared_store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store both servers reach: Redis with a key prefix of this test's own, or PostgreSQL
+    with a schema of its own; removed afterwards."""
+    if request.param == "redis":
+        with redis_prefixed(request.getfixturevalue("redis_url")) as url:
+            yield url
+    else:
+        with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+            yield url
 
 
-@pytest.mark.redis
-def test_two_servers_sharing_redis_dispatch_each_recall_once(
-    host: Host, redis_store_url: str
+def test_two_servers_sharing_a_store_dispatch_each_recall_once(
+    host: Host, shared_store_url: str
 ) -> None:
     keys = [f"{i}_1_1698742{i:03d}" for i in range(30)]
     batches = _redeliveries(keys, copies=4, seed=2)
-    env = {**host.env, "OA_RECALL_STORE": redis_store_url}
+    # Each master uses the store before it forks its workers (--preload): the workers must
+    # open connections of their own, never share the master's.
+    env = {**host.env, "OA_RECALL_STORE": shared_store_url, "OA_TEST_PING_STORE": "1"}
 
     with (
-        gunicorn_server(APP, host.tmp, env=env, workers=2, name="host-a") as a,
-        gunicorn_server(APP, host.tmp, env=env, workers=2, name="host-b") as b,
+        gunicorn_server(APP, host.tmp, env=env, workers=2, preload=True, name="host-a") as a,
+        gunicorn_server(APP, host.tmp, env=env, workers=2, preload=True, name="host-b") as b,
     ):
         answers = _post_concurrently([a.base_url, b.base_url], batches)
         pids_a, pids_b = set(a.worker_pids()), set(b.worker_pids())
@@ -154,7 +166,7 @@ def test_two_servers_sharing_redis_dispatch_each_recall_once(
     assert audit_pids & pids_a
     assert audit_pids & pids_b
     listed = host.flask(
-        "oa-recall", "deliveries", "--json", "--limit", "1000", OA_RECALL_STORE=redis_store_url
+        "oa-recall", "deliveries", "--json", "--limit", "1000", OA_RECALL_STORE=shared_store_url
     )
     assert listed.returncode == 0, listed.stderr
     kept = [json.loads(line) for line in listed.stdout.splitlines()]

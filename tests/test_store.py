@@ -1,7 +1,9 @@
-"""Every store backend keeps the same promises: one conformance suite over memory, SQLite, Redis.
+"""Every store backend keeps the same promises: one conformance suite over memory, SQLite,
+Redis and PostgreSQL.
 
 The Redis cases use the suite's database (13) with a key prefix of their own per test, deleted
-afterwards; they skip when Redis is unreachable, except under ``CI=true``.
+afterwards; the PostgreSQL cases use the ``test`` database with a schema of their own per test,
+dropped afterwards. They skip when their server is unreachable, except under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from flask_oa_recall.store import (
     open_store,
 )
 from flask_oa_recall.store.redis import DEFAULT_PREFIX, RedisStore
+from tests.servers import postgres_schema
 
 OA = "@TOA#_store"
 LEASE = 60.0
@@ -101,11 +104,19 @@ def redis_store_url(redis_url: str) -> Iterator[str]:
     redis_cleanup(redis_url, prefix)
 
 
+@pytest.fixture
+def postgres_store_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL store URL with a schema of this test's own, dropped afterwards."""
+    with postgres_schema(postgres_url, "oa_store_suite") as url:
+        yield url
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
         pytest.param("sqlite", id="sqlite"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ]
 )
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -114,7 +125,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    url: str = request.getfixturevalue("redis_store_url")
+    url: str = request.getfixturevalue(f"{request.param}_store_url")
     return url
 
 
@@ -578,6 +589,7 @@ def claim_in_child(url: str, instance: str, barrier: Any, results: Any) -> None:
     [
         pytest.param("sqlite", id="sqlite"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ],
 )
 def test_processes_racing_for_the_same_messages_get_exactly_one_owner_each(
@@ -588,7 +600,7 @@ def test_processes_racing_for_the_same_messages_get_exactly_one_owner_each(
         # Create the schema first, as the first request of a gunicorn worker would.
         SQLiteStore(str(tmp_path / "shared.sqlite3")).ping()
     else:
-        url = request.getfixturevalue("redis_store_url")
+        url = request.getfixturevalue(f"{backend}_store_url")
     contenders = 6
     # spawn, not fork: a forked child of a threaded pytest process may deadlock.
     ctx = multiprocessing.get_context("spawn")

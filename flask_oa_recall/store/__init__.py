@@ -3,6 +3,7 @@
 - unset: SQLite, ``oa_recall.sqlite3`` in the app's instance folder;
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``;
 - ``redis://host:port/db`` (``rediss://`` too; needs the ``redis`` extra);
+- ``postgresql://user@host:5432/dbname`` (``postgres://`` too; needs the ``postgres`` extra);
 - ``memory://``: this process only, for tests.
 """
 
@@ -36,8 +37,8 @@ def open_store(url: str | None, instance_path: str) -> Store:
     """Open the store that ``OA_RECALL_STORE`` names.
 
     :raises ~flask_oa_recall.errors.ConfigError: if the URL names no store this package has.
-    :raises ~flask_oa_recall.errors.MissingDependency: for a Redis URL without the ``redis``
-        extra installed.
+    :raises ~flask_oa_recall.errors.MissingDependency: for a Redis or PostgreSQL URL without
+        the ``redis`` or ``postgres`` extra installed.
     """
     if url is None:
         return SQLiteStore(os.path.join(instance_path, DEFAULT_SQLITE_NAME))
@@ -62,8 +63,17 @@ def open_store(url: str | None, instance_path: str) -> Store:
                 "redis", "OA_RECALL_STORE is a Redis URL but the redis client is not installed"
             ) from err
         return RedisStore(url)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise MissingDependency(
+                "postgres",
+                "OA_RECALL_STORE is a PostgreSQL URL but psycopg or psycopg_pool is not installed",
+            ) from err
+        return PostgresStore(url)
     raise ConfigError(
         "OA_RECALL_STORE",
         f"OA_RECALL_STORE has an unknown scheme {scheme!r}: use sqlite:///…, redis://…,"
-        " memory://, or leave it unset for SQLite in the instance folder.",
+        " postgresql://…, memory://, or leave it unset for SQLite in the instance folder.",
     )

@@ -7,6 +7,8 @@
   can be (``OA_RECALL_LEASE_SECONDS=1`` is the number 1), else kept as a string;
 - ``OA_TEST_INSTANCE``: the instance folder (where the default SQLite store lives);
 - ``OA_TEST_RECORD``: the record file (required);
+- ``OA_TEST_PING_STORE``: when set, the app uses its store once while it is created (with
+  gunicorn's ``--preload``, in the master, before the workers are forked);
 - ``OA_TEST_FLAKY_DIR``: when set, the receiver ``flaky`` is connected: it raises the first
   time it sees a MsgKey (a marker file per key in that folder) and succeeds after that;
 - ``OA_TEST_BLOCK_UNTIL``: when set, ``mirror`` writes its ``start`` lines and then waits until
@@ -29,6 +31,7 @@ from typing import Any
 from flask import Flask
 
 from flask_oa_recall import Callback, OARecall, RecallEvent, callback_received, messages_recalled
+from flask_oa_recall.state import get_state
 
 SDK_APP_ID = 1400000000
 TOKEN = "e2e-token"
@@ -99,6 +102,9 @@ def create_app() -> Flask:
         {k: _env_value(v) for k, v in os.environ.items() if k.startswith("OA_RECALL_")}
     )
     OARecall(app)
+    if os.environ.get("OA_TEST_PING_STORE"):
+        state = get_state(app)
+        state.store(state.settings(app.config)).ping()
     callback_received.connect(audit, app, weak=False)
     messages_recalled.connect(mirror, app, weak=False)
     if os.environ.get("OA_TEST_FLAKY_DIR"):
