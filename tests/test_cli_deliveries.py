@@ -19,7 +19,7 @@ from flask_oa_recall import RecallEvent, callback_received, messages_recalled, s
 from flask_oa_recall.state import get_state
 from flask_oa_recall.store import NewDelivery, Outcome, Store
 from flask_oa_recall.testing import callback_body, post_callback, sign
-from tests.servers import redis_prefixed
+from tests.servers import postgres_schema, redis_prefixed
 
 DAY = 86_400.0
 TOKEN = "xxxxyyyy"
@@ -30,7 +30,12 @@ AUDIT = f"callback_received:{__name__}.host.<locals>.audit"
 #: Runs a test against every backend, through the ``store_url`` fixture.
 BACKENDS = pytest.mark.parametrize(
     "store_url",
-    ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+    [
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
     indirect=True,
 )
 
@@ -63,10 +68,14 @@ class Host:
 
 @pytest.fixture
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """``memory://`` unless a test asks for ``sqlite`` or ``redis`` (indirect parametrisation)."""
+    """``memory://`` unless a test asks for ``sqlite``, ``redis`` or ``postgres`` (indirect
+    parametrisation)."""
     kind = getattr(request, "param", "memory")
     if kind == "redis":
         with redis_prefixed(request.getfixturevalue("redis_url")) as url:
+            yield url
+    elif kind == "postgres":
+        with postgres_schema(request.getfixturevalue("postgres_url")) as url:
             yield url
     elif kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'deliveries.sqlite3'}"
@@ -75,7 +84,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def host(make_app: Callable[..., Flask], store_url: str) -> Host:
+def host(make_app: Callable[..., Flask], store_url: str) -> Iterator[Host]:
     app = make_app(store=store_url)
     host = Host(app)
 
@@ -94,7 +103,8 @@ def host(make_app: Callable[..., Flask], store_url: str) -> Host:
     messages_recalled.connect(receiver("mirror"), app, weak=False)
     messages_recalled.connect(receiver("index"), app, weak=False)
     callback_received.connect(audit, app, weak=False)
-    return host
+    yield host
+    get_state(app).close()  # before the store's schema or keys are removed
 
 
 @contextmanager

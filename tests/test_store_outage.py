@@ -4,6 +4,9 @@ Three real outages, each with a way back:
 
 - ``redis``: a private ``redis-server`` of this test's own (never the machine's shared one) is
   stopped, then started again on the same port (empty: it runs without persistence);
+- ``postgres``: a private PostgreSQL cluster of this module's own (``initdb`` in a temporary
+  directory, never the machine's shared server) is stopped (fast shutdown: every connection is
+  cut), then started again on the same port with what it kept;
 - ``sqlite-read-only``: the SQLite file turns read-only, then writable again;
 - ``sqlite-no-directory``: the SQLite file's directory is replaced by a regular file, so the
   database can neither be opened nor created, then the directory may be created again.
@@ -27,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ from flask_oa_recall.store import Store
 from flask_oa_recall.testing import capture_recalls, post_callback
 
 from .conftest import AppFactory
+from .private_postgres import PrivatePostgres, postgres_binaries
 
 OK = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
 START_SECONDS = 10.0
@@ -141,6 +146,32 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster for this module, removed afterwards."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs PostgreSQL's initdb and pg_ctl")
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+    cluster = PrivatePostgres(binaries)
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def private_postgres(postgres_cluster: PrivatePostgres) -> Iterator[PrivatePostgres]:
+    """The private cluster, running; stopped after the test. Each test keeps its tables in a
+    schema of its own."""
+    postgres_cluster.start()
+    try:
+        yield postgres_cluster
+    finally:
+        postgres_cluster.stop()
+
+
 def _set_write_version(path: Path, version: int) -> None:
     with path.open("r+b") as file:
         file.seek(18)
@@ -165,6 +196,7 @@ class Outage:
 @pytest.fixture(
     params=[
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
         pytest.param("sqlite-read-only", id="sqlite-read-only"),
         pytest.param("sqlite-no-directory", id="sqlite-no-directory"),
     ]
@@ -174,6 +206,10 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Outage:
     if request.param == "redis":
         server: PrivateRedis = request.getfixturevalue("private_redis")
         return Outage(server.url, lambda store: server.stop(), server.start)
+    if request.param == "postgres":
+        cluster: PrivatePostgres = request.getfixturevalue("private_postgres")
+        url = f"{cluster.url}?schema=outage_{uuid.uuid4().hex[:8]}"
+        return Outage(url, lambda store: cluster.stop(), cluster.start)
     directory = tmp_path / "deliveries"
     path = directory / "store.sqlite3"
     if request.param == "sqlite-read-only":

@@ -239,8 +239,22 @@ def _dec_optional(kept: str | None) -> str | None:
 
 
 def _row_to_delivery(row: Sequence[Any]) -> Delivery:
-    (id_, received, updated, app_id, command, query, body, oa, keys, status, attempts,
-     receivers, error, lease) = row  # fmt: skip
+    (
+        id_,
+        received,
+        updated,
+        app_id,
+        command,
+        query,
+        body,
+        oa,
+        keys,
+        status,
+        attempts,
+        receivers,
+        error,
+        lease,
+    ) = row
     return Delivery(
         id=id_,
         received_at=received,
@@ -307,6 +321,8 @@ class PostgresStore:
     a pool made before gunicorn forks its workers is never used by a worker. Statements are
     not retried: ``begin`` whose answer was lost may have been kept.
     """
+
+    layout_version = LAYOUT_VERSION
 
     def __init__(self, url: str) -> None:
         conninfo, options = _split_url(url)
@@ -457,8 +473,9 @@ class PostgresStore:
         return StoreError(f"PostgreSQL store at {self._where} could not {what}: {detail}")
 
     @contextmanager
-    def _connection(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        """A live connection from this process's pool, with the layout checked once."""
+    def _connection(self, what: str, *, layout: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A live connection from this process's pool; the layout is checked on its first use
+        in this process (unless ``layout`` is false)."""
         with self._errors(what):
             pool = self._get_pool()
             conn = pool.getconn()
@@ -468,7 +485,7 @@ class PostgresStore:
                 pool.putconn(conn)
                 conn = pool.getconn()
             try:
-                if not self._layout_checked:
+                if layout and not self._layout_checked:
                     self._check_layout(conn)
                 yield conn
             finally:
@@ -545,11 +562,10 @@ class PostgresStore:
                 " table_prefix, or drop those tables."
             )
 
-    def layout_version(self) -> int:
-        """The layout version the tables record (creating them if missing)."""
-        with self._connection("read its layout version") as conn:
-            found = self._found_version(conn)
-        return LAYOUT_VERSION if found is None else found
+    def stored_layout_version(self) -> int | None:
+        """The layout version the tables record (``None``: no tables yet). Reads only."""
+        with self._connection("read its layout version", layout=False) as conn:
+            return self._found_version(conn)
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -624,10 +640,14 @@ class PostgresStore:
                 self._sql["lease"], {"now": now, "lease": float(lease_seconds), "id": delivery_id}
             )
             kept = Delivery(
-                **{**vars(kept), "status": DeliveryStatus.PENDING,
-                   "attempts": kept.attempts + 1, "updated_at": now,
-                   "lease_until": now + lease_seconds},
-            )  # fmt: skip
+                **{
+                    **vars(kept),
+                    "status": DeliveryStatus.PENDING,
+                    "attempts": kept.attempts + 1,
+                    "updated_at": now,
+                    "lease_until": now + lease_seconds,
+                },
+            )
             keys = list(dict.fromkeys(kept.msg_keys))
             rows = conn.execute(
                 self._sql["reclaim"], self._claim_params(kept, keys, lease_seconds)
@@ -684,7 +704,9 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
     def ping(self) -> None:
-        """Write a row and read it back (creating the tables if missing)."""
+        """Check the layout again (another host may have migrated it since), then write a row
+        and read it back; creates the tables if missing."""
+        self._layout_checked = False
         with self._connection("be written and read") as conn:
             row = conn.execute(self._sql["ping"]).fetchone()
         if not row:  # pragma: no cover - RETURNING always gives the row
