@@ -79,6 +79,7 @@ def test_check_passes_a_production_configuration(live_app: Flask, tmp_path: Path
         "skew",
         "body-limit",
         "store",
+        "layout",
         "receivers",
         "keep",
         "keep",
@@ -89,9 +90,10 @@ def test_check_passes_a_production_configuration(live_app: Flask, tmp_path: Path
     assert text["sdkappid"] == f"OA_RECALL_SDKAPPID = {SDK_APP_ID}"
     assert text["tokens"] == f"1 for SdkAppid {SDK_APP_ID}"
     assert text["store"] == f"sqlite:///{tmp_path}/deliveries.sqlite3 (read and written)"
+    assert text["layout"] == "version 1 (this flask-oa-recall reads and writes 1)"
     assert text["receivers"] == "messages_recalled: tests.test_cli_send_check.hide"
     assert text["route"].startswith("POST /tencent-im/callback ")
-    assert result.output.splitlines()[-1] == "10 ok, 0 warnings, 0 failures"
+    assert result.output.splitlines()[-1] == "11 ok, 0 warnings, 0 failures"
     assert REAL_TOKEN not in result.output
 
 
@@ -115,7 +117,7 @@ def test_check_warns_about_no_receivers_a_sample_token_and_the_memory_store(
     assert levels(result, "store") == ["WARN"]
     assert levels(result, "receivers") == ["WARN"]
     assert "nothing is connected to messages_recalled" in result.output
-    assert result.output.splitlines()[-1] == "7 ok, 3 warnings, 0 failures"
+    assert result.output.splitlines()[-1] == "8 ok, 3 warnings, 0 failures"
     assert "xxxxyyyy" not in result.output
 
 

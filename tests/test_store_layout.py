@@ -10,6 +10,7 @@ import pytest
 from flask_oa_recall import StoreError
 from flask_oa_recall.errors import LayoutError
 from flask_oa_recall.store import MemoryStore, Outcome, SQLiteStore, Store, open_store
+from flask_oa_recall.store.postgres import PostgresStore
 from flask_oa_recall.store.redis import RedisStore
 from tests import test_store as suite
 from tests.test_store import LEASE, make_delivery
@@ -18,12 +19,13 @@ from tests.test_store import LEASE, make_delivery
 store_url = suite.store_url
 store = suite.store
 redis_store_url = suite.redis_store_url
+postgres_store_url = suite.postgres_store_url
 
 FUTURE = 99
 
 
 def test_every_store_class_names_the_layout_it_reads_and_writes() -> None:
-    for cls in (MemoryStore, SQLiteStore, RedisStore):
+    for cls in (MemoryStore, SQLiteStore, RedisStore, PostgresStore):
         assert isinstance(cls.layout_version, int)
         assert cls.layout_version >= 1
 

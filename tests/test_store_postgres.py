@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from flask_oa_recall import StoreError
+from flask_oa_recall.errors import LayoutError
 from flask_oa_recall.store import Claim, NewDelivery, Outcome, open_store
-from flask_oa_recall.store.postgres import LAYOUT_VERSION, LayoutError, PostgresStore
+from flask_oa_recall.store.postgres import LAYOUT_VERSION, PostgresStore
 from tests.servers import postgres_schema
 
 pytestmark = pytest.mark.postgres

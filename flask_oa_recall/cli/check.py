@@ -11,11 +11,13 @@ from flask.cli import with_appcontext
 
 from ..config import KEEP_ALL, TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import named_receivers
+from ..errors import LayoutError
 from ..events import RECALL_COMMAND
 from ..kinds import KINDS
 from ..payloads import callback_rules
 from ..signals import callback_received, messages_recalled
 from ..state import get_state
+from ..store import Store
 from ..store.url import redact_url
 
 __all__ = ["Finding", "check_command", "run_checks"]
@@ -123,14 +125,16 @@ def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
     )
     try:
         store = get_state(app).store(settings)
+    except Exception as err:
+        yield _store_failed(url, err)
+        return
+    try:
         store.ping()
     except Exception as err:
-        yield Finding(
-            FAIL,
-            "store",
-            f"{url}: cannot be read and written ({type(err).__name__}: {err}); accepted"
-            " callbacks would not be kept.",
-        )
+        yield _store_failed(url, err)
+        # A store that refuses its layout can still say which one it holds.
+        if isinstance(err, LayoutError):
+            yield from _layout(store)
         return
     shown = redact_url(store.url)
     if shown.startswith("memory:"):
@@ -142,6 +146,39 @@ def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
         )
     else:
         yield Finding(OK, "store", f"{shown} (read and written)")
+    yield from _layout(store)
+
+
+def _store_failed(url: str, err: Exception) -> Finding:
+    return Finding(
+        FAIL,
+        "store",
+        f"{url}: cannot be read and written ({type(err).__name__}: {err}); accepted"
+        " callbacks would not be kept.",
+    )
+
+
+def _layout(store: Store) -> Iterator[Finding]:
+    """The layout version the store holds, against the one this package reads and writes."""
+    supported = type(store).layout_version
+    try:
+        stored = store.stored_layout_version()
+    except Exception as err:
+        yield Finding(FAIL, "layout", f"cannot be read ({type(err).__name__}: {err})")
+        return
+    if stored is None:
+        yield Finding(OK, "layout", f"nothing kept yet; this version writes layout {supported}")
+    elif stored > supported:
+        yield Finding(
+            FAIL,
+            "layout",
+            f"version {stored}, newer than layout {supported} that this flask-oa-recall reads:"
+            " a newer version wrote it. Upgrade flask-oa-recall on this host.",
+        )
+    else:
+        yield Finding(
+            OK, "layout", f"version {stored} (this flask-oa-recall reads and writes {supported})"
+        )
 
 
 def _receivers(app: Flask) -> Iterator[Finding]:

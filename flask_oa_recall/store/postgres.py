@@ -42,15 +42,22 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..errors import StoreError
-from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
+from ..errors import LayoutError, StoreError
+from .base import (
+    Claim,
+    Delivery,
+    DeliveryBusy,
+    DeliveryStatus,
+    NewDelivery,
+    Outcome,
+    newer_layout,
+)
 from .url import redact_url
 
 __all__ = [
     "DEFAULT_SCHEMA",
     "DEFAULT_TABLE_PREFIX",
     "LAYOUT_VERSION",
-    "LayoutError",
     "PostgresStore",
 ]
 
@@ -271,10 +278,6 @@ def _row_to_delivery(row: Sequence[Any]) -> Delivery:
         updated_at=updated,
         lease_until=lease,
     )
-
-
-class LayoutError(StoreError):
-    """The tables were written by a package version whose layout this one cannot use."""
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -548,12 +551,8 @@ class PostgresStore:
     def _refuse_unless_current(self, found: int) -> None:
         tables = f"{self.schema}.{self.table_prefix}*"
         if found > LAYOUT_VERSION:
-            raise LayoutError(
-                f"PostgreSQL store at {self._where}: tables {tables} have layout version"
-                f" {found}, newer than version {LAYOUT_VERSION} that this flask-oa-recall"
-                " knows. A newer flask-oa-recall wrote them: upgrade this host to it (every"
-                " host sharing the store must run a version that knows that layout)."
-            )
+            where = f"PostgreSQL store at {self._where} (tables {tables})"
+            raise newer_layout(where, found, LAYOUT_VERSION)
         if found < LAYOUT_VERSION:
             raise LayoutError(
                 f"PostgreSQL store at {self._where}: tables {tables} record no layout version"
