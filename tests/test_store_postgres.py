@@ -21,7 +21,7 @@ import pytest
 
 from flask_oa_recall import StoreError
 from flask_oa_recall.errors import LayoutError
-from flask_oa_recall.store import Claim, NewDelivery, Outcome, open_store
+from flask_oa_recall.store import Claim, DeliveryBusy, NewDelivery, Outcome, open_store
 from flask_oa_recall.store.postgres import LAYOUT_VERSION, PostgresStore
 from tests.servers import postgres_schema
 
@@ -260,13 +260,25 @@ def test_a_newer_layout_is_refused_clearly_by_every_call(
     fresh.close()
 
 
-def test_tables_without_a_layout_version_are_refused(store: PostgresStore, schema_url: str) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        "DELETE FROM {meta}",
+        "UPDATE {meta} SET value = 'one' WHERE key = 'layout_version'",
+        "UPDATE {meta} SET value = '0' WHERE key = 'layout_version'",
+    ],
+    ids=["no-version-row", "not-a-number", "version-0"],
+)
+def test_tables_without_a_layout_version_this_package_knows_are_refused(
+    store: PostgresStore, schema_url: str, change: str
+) -> None:
     store.ping()
     with admin(schema_url) as conn:
-        conn.execute(f'DELETE FROM "{store.schema}".oa_recall_meta')
+        conn.execute(change.format(meta=f'"{store.schema}".oa_recall_meta'))
     fresh = open_store(schema_url, "/nowhere")
     with pytest.raises(LayoutError, match="another schema or table_prefix"):
         fresh.begin(delivery("k1"), LEASE)
+    assert fresh.stored_layout_version() == 0
     fresh.close()
 
 
@@ -376,3 +388,52 @@ def test_a_store_used_before_fork_opens_a_pool_of_its_own_in_the_child(
     assert store._pool is parent_pool
     store.ping()  # the parent's connections still work
     assert [d.msg_keys for d in store.deliveries()] == [("child-key",)]
+
+
+# -- connections the server dropped, rows another replay holds -----------------------------------
+
+
+def test_a_connection_the_server_ended_is_replaced_without_an_error(
+    store: PostgresStore, schema_url: str
+) -> None:
+    store.ping()
+    with store._connection("find its backend") as conn:
+        pid = conn.info.backend_pid
+    with admin(schema_url) as conn:
+        assert conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
+    time.sleep(0.2)  # the server's goodbye reaches the idle connection's socket
+    assert set(store.begin(delivery("k1"), LEASE).owned) == {"k1"}
+    with store._connection("find its backend") as conn:
+        assert conn.info.backend_pid != pid
+
+
+def test_an_idle_connection_with_a_notification_waiting_is_kept(
+    store: PostgresStore, schema_url: str
+) -> None:
+    with store._connection("listen") as conn:
+        pid = conn.info.backend_pid
+        conn.execute("LISTEN oa_recall_test")
+    with admin(schema_url) as conn:
+        conn.execute("NOTIFY oa_recall_test")
+    time.sleep(0.2)
+    assert store.get("x") is None
+    with store._connection("find its backend") as conn:
+        assert conn.info.backend_pid == pid
+
+
+def test_resume_of_a_delivery_another_replay_holds_is_busy_not_waited_for(
+    store: PostgresStore, schema_url: str
+) -> None:
+    kept = delivery("k1")
+    store.finish(
+        kept.id, store.begin(kept, LEASE), Outcome(status="failed", failed=frozenset({"k1"}))
+    )
+    with admin(schema_url) as conn, conn.transaction():
+        conn.execute(
+            f'SELECT 1 FROM "{store.schema}".oa_recall_deliveries WHERE id = %s FOR UPDATE',
+            [kept.id],
+        )
+        with pytest.raises(DeliveryBusy):
+            store.resume(kept.id, LEASE)
+    again, claim = store.resume(kept.id, LEASE)
+    assert (again.attempts, set(claim.owned)) == (2, {"k1"})

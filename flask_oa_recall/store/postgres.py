@@ -361,14 +361,13 @@ class PostgresStore:
         self._sql = self._statements()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._pid = os.getpid()
         self._layout_checked = False
         # Pools of the parent process, after a fork: never used, never closed here (closing
         # would end the parent's connections), only kept from the garbage collector.
         self._orphans: list[ConnectionPool[psycopg.Connection[Any]]] = []
         after_fork = weakref.WeakMethod(self._after_fork)
 
-        def in_child() -> None:
+        def in_child() -> None:  # pragma: no cover - runs in forked children only
             method = after_fork()
             if method is not None:
                 method()
@@ -378,7 +377,7 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"<PostgresStore {self._where} schema={self.schema!r} prefix={self.table_prefix!r}>"
 
-    def _after_fork(self) -> None:
+    def _after_fork(self) -> None:  # pragma: no cover - runs in forked children only
         # The lock may have been held by another thread of the parent at the fork.
         self._lock = threading.Lock()
         if self._pool is not None:
@@ -432,12 +431,9 @@ class PostgresStore:
 
     def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         pool = self._pool
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None:
             return pool
         with self._lock:
-            if self._pool is not None and self._pid != os.getpid():
-                self._orphans.append(self._pool)
-                self._pool = None
             if self._pool is None:
                 self._pool = ConnectionPool(
                     kwargs={**self._conninfo_params, "autocommit": True},
@@ -452,7 +448,6 @@ class PostgresStore:
                     open=False,
                 )
                 self._pool.open(wait=False)
-                self._pid = os.getpid()
             return self._pool
 
     @contextmanager
@@ -715,7 +710,7 @@ class PostgresStore:
         """Close this process's pool; the store opens a new one if used again."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None:
             with self._errors("close"):
                 pool.close(timeout=1.0)
 
@@ -726,8 +721,6 @@ def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
     An idle connection has nothing to read; if the server wrote to it (it closed it, or is
     shutting down), one empty query tells for sure.
     """
-    if conn.closed or conn.broken:
-        return False
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
     if not poller.poll(0):
