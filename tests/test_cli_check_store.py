@@ -13,7 +13,7 @@ from click.testing import Result
 from flask import Flask
 
 from flask_oa_recall.state import get_state
-from flask_oa_recall.store import MemoryStore, Outcome, SQLiteStore, Store
+from flask_oa_recall.store import MemoryStore, Outcome, SQLiteStore, Store, open_store
 from flask_oa_recall.store.postgres import PostgresStore
 from flask_oa_recall.store.redis import RedisStore
 from tests import test_store as suite
@@ -58,7 +58,7 @@ def test_check_reports_the_layout_version_of_every_store(app: Flask) -> None:
     store.finish(kept.id, store.begin(kept, suite.LEASE), Outcome(status="done"))
     result = check(app)
     assert result.exit_code == 0, result.output
-    supported = type(app_store(app)).layout_version
+    supported = app_store(app).layout_version
     assert rows(result, "layout") == [
         ("OK", f"version {supported} (this flask-oa-recall reads and writes {supported})")
     ]
@@ -90,9 +90,9 @@ def write_future_layout(store: Store, version: int) -> None:
 
 
 def test_check_fails_on_a_layout_newer_than_this_package(
-    app: Flask, make_app: AppFactory, store_url: str
+    make_app: AppFactory, store_url: str, tmp_path: Path
 ) -> None:
-    store = app_store(app)
+    store = open_store(store_url, str(tmp_path / "instance"))
     if isinstance(store, MemoryStore):
         pytest.skip("a memory store holds no layout but this process's own")
     kept = suite.make_delivery("k1")

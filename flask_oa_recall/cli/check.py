@@ -160,7 +160,8 @@ def _store_failed(url: str, err: Exception) -> Finding:
 
 def _layout(store: Store) -> Iterator[Finding]:
     """The layout version the store holds, against the one this package reads and writes."""
-    supported = type(store).layout_version
+    # The instance attribute: a wrapper around the store (guarded.GuardedStore) carries it too.
+    supported = store.layout_version
     try:
         stored = store.stored_layout_version()
     except Exception as err:
