@@ -86,6 +86,7 @@ def measure(
     *,
     stores: Sequence[str] = ("memory", "sqlite"),
     redis_url: str | None = None,
+    postgres_url: str | None = None,
     key_counts: Iterable[int] = KEY_COUNTS,
     receiver_counts: Iterable[int] = RECEIVER_COUNTS,
     budget: int = 2000,
@@ -95,7 +96,8 @@ def measure(
     """Measure every (store, keys) with one receiver and every (store, receivers) with one key.
 
     Returns the points and the floor's µs per request. ``budget`` bounds MsgKeys per repeat.
-    ``redis_url`` is the store URL (with its own ``?prefix=``) of the ``redis`` store.
+    ``redis_url`` is the store URL (with its own ``?prefix=``) of the ``redis`` store, and
+    ``postgres_url`` (with its own ``?schema=``) that of the ``postgres`` store.
     """
     points: list[Point] = []
     key_counts = tuple(key_counts)
@@ -103,7 +105,7 @@ def measure(
     floor_us = time_requests(create_floor(), Traffic(), requests=budget, repeats=repeats)
     with tempfile.TemporaryDirectory(prefix="oa-recall-bench-") as tmp:
         for store in stores:
-            url = {"memory": "memory://", "redis": redis_url}.get(store)
+            url = {"memory": "memory://", "redis": redis_url, "postgres": postgres_url}.get(store)
             for receivers in sorted({1, *receiver_counts}):
                 app = create_extension(
                     store=url,

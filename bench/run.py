@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import inproc
+from . import postgres as bench_postgres
 from .apps import OK_BODY
 from .load import LoadResult, have_wrk, run_load
 from .payloads import Traffic, body, target
@@ -95,6 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--only", help="comma-separated set-up slugs (the floor always runs)")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis set-ups")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL set-ups")
     parser.add_argument("--no-inproc", action="store_true", help="skip in-process measurements")
     parser.add_argument(
         "--inproc-keys",
@@ -175,6 +177,7 @@ def server_env(setup: Setup, instance: Path, redis_prefix: str) -> dict[str, str
         "memory": "memory://",
         "sqlite": "",
         "redis": f"{REDIS_BASE_URL}?prefix={redis_prefix}",
+        "postgres": bench_postgres.URL,
     }[setup.store or ""]
     return {
         "BENCH_APP": setup.app,
@@ -260,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why is not None:
             setups = [s for s in setups if s.store != "redis"]
             notes.append(f"Redis set-ups skipped: {why}.")
+    if any(s.store == "postgres" for s in setups):
+        why = "--no-postgres was given" if args.no_postgres else bench_postgres.unavailable()
+        if why is not None:
+            setups = [s for s in setups if s.store != "postgres"]
+            notes.append(f"PostgreSQL set-ups skipped: {why}.")
+    with_postgres = any(s.store == "postgres" for s in setups)
     latency_setup = next((s for s in setups if s.slug == LATENCY_SETUP), None)
 
     def log(message: str) -> None:
@@ -353,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if any(s.store == "redis" for s in setups):
                 removed = clean_redis(redis_prefix)
                 log(f"removed {removed} Redis keys under {redis_prefix}")
+            if with_postgres:
+                bench_postgres.drop_schema()
     served_seconds = time.monotonic() - started
 
     points: list[inproc.Point] = []
@@ -361,9 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_counts = tuple(int(k) for k in args.inproc_keys.split(","))
         pin(server_cpus)
         with_redis = any(s.store == "redis" for s in setups)
+        stores = (
+            "memory",
+            "sqlite",
+            *(["redis"] if with_redis else []),
+            *(["postgres"] if with_postgres else []),
+        )
         points, floor_us = inproc.measure(
-            stores=("memory", "sqlite", "redis") if with_redis else ("memory", "sqlite"),
+            stores=stores,
             redis_url=f"{REDIS_BASE_URL}?prefix={redis_prefix}",
+            postgres_url=bench_postgres.URL,
             key_counts=key_counts,
             budget=args.inproc_requests,
             repeats=3 if args.quick else 5,
@@ -372,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pin(load_cpus)
         if with_redis:
             clean_redis(redis_prefix)
+        if with_postgres:
+            bench_postgres.drop_schema()
 
     text = render(
         Machine.describe(),

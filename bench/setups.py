@@ -19,7 +19,8 @@ class Setup:
 
     :param slug: a short id, for ``--only`` and file names.
     :param title: the row's label in the results.
-    :param store: ``memory``, ``sqlite`` (the default file) or ``redis``; ``None`` for the floor.
+    :param store: ``memory``, ``sqlite`` (the default file), ``redis`` or ``postgres``; ``None``
+        for the floor.
     :param traffic: what the load generator sends.
     :param target: the floor/extension CPU-per-request ratio this set-up must reach, if any.
     :param app: the kind of server, a name in ``bench.apps.FACTORIES``.
@@ -102,6 +103,8 @@ SETUPS = (
         handwritten="hand-redis-1",
     ),
     Setup("redis-signed-10", "Redis, signed, 10 MsgKeys", "redis", Traffic(keys=10)),
+    Setup("postgres-signed-1", "PostgreSQL, signed, 1 MsgKey", "postgres", Traffic()),
+    Setup("postgres-signed-10", "PostgreSQL, signed, 10 MsgKeys", "postgres", Traffic(keys=10)),
 )
 
 #: The set-up whose latency is measured at 8 concurrent connections, against the floor.

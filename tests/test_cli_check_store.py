@@ -148,3 +148,14 @@ def test_check_of_an_unreachable_postgres_never_shows_its_password(
     assert "cannot be read and written (StoreError: PostgreSQL store at" in store[1]
     assert rows(result, "layout") == []
     assert SECRET not in result.output
+
+
+@pytest.mark.redis
+def test_check_of_a_redis_prefix_that_kept_nothing_yet_says_so(
+    make_app: AppFactory, redis_store_url: str
+) -> None:
+    app = make_app(store=redis_store_url)
+    result = check(app)
+    get_state(app).close()
+    assert result.exit_code == 0, result.output
+    assert rows(result, "layout") == [("OK", "nothing kept yet; this version writes layout 1")]

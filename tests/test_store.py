@@ -657,7 +657,7 @@ def test_open_store_memory() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgres://db/x", "unknown scheme 'postgres'"),
+        ("mysql://db/x", "unknown scheme 'mysql'"),
         ("deliveries.db", "unknown scheme ''"),
         ("sqlite://relative.db", "is not a SQLite URL"),
         ("sqlite:///", "is not a SQLite URL"),
