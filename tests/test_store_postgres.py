@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from flask_oa_recall import StoreError
-from flask_oa_recall.errors import LayoutError
+from flask_oa_recall.errors import ConfigError, LayoutError
 from flask_oa_recall.store import Claim, DeliveryBusy, NewDelivery, Outcome, open_store
 from flask_oa_recall.store.postgres import LAYOUT_VERSION, PostgresStore
 from tests.servers import postgres_schema
@@ -149,14 +149,23 @@ def test_urls_are_parsed_without_connecting(url: str, where: str, schema: str, p
     ],
 )
 def test_bad_urls_are_refused_at_start_up_with_a_clear_message(url: str, message: str) -> None:
-    with pytest.raises(ValueError, match="PostgreSQL store") as info:
+    with pytest.raises(ConfigError, match="PostgreSQL store") as info:
         open_store(url, "/nowhere")
     assert message in str(info.value)
+    assert info.value.key == "OA_RECALL_STORE"
 
 
 def test_a_malformed_url_is_refused_without_echoing_the_password() -> None:
+    url = f"postgresql://u:{SECRET}@[::1/db"
     with pytest.raises(ValueError, match="IPv6") as info:
-        open_store(f"postgresql://u:{SECRET}@[::1/db", "/nowhere")
+        open_store(url, "/nowhere")
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigError, match="IPv6") as info:
+        PostgresStore(url)
+    assert SECRET not in str(info.value)
+    # libpq quotes the whole URL in its own parse errors: the store cuts it out.
+    with pytest.raises(ConfigError, match="not valid") as info:
+        PostgresStore(f"postgresql://u:{SECRET}@[::1]x/db")
     assert SECRET not in str(info.value)
 
 

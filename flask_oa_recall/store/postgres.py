@@ -42,7 +42,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..errors import LayoutError, StoreError
+from ..errors import ConfigError, LayoutError, StoreError, UnknownDelivery
 from .base import (
     Claim,
     Delivery,
@@ -290,7 +290,9 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     for name, value in pairs:
         if name in STORE_OPTIONS:
             if name in options:
-                raise ValueError(f"PostgreSQL store URL gives {name!r} twice; give it once.")
+                raise ConfigError(
+                    "OA_RECALL_STORE", f"PostgreSQL store URL gives {name!r} twice; give it once."
+                )
             options[name] = value
         else:
             rest.append((name, value))
@@ -304,8 +306,9 @@ def _number(options: Mapping[str, str], name: str, low: float, high: float) -> f
     except ValueError:
         value = float("nan")
     if not low <= value <= high:
-        raise ValueError(
-            f"PostgreSQL store option {name}={raw!r} must be a number from {low:g} to {high:g}."
+        raise ConfigError(
+            "OA_RECALL_STORE",
+            f"PostgreSQL store option {name}={raw!r} must be a number from {low:g} to {high:g}.",
         )
     return value
 
@@ -329,13 +332,20 @@ class PostgresStore:
 
     def __init__(self, url: str) -> None:
         conninfo, options = _split_url(url)
-        self.url = redact_url(url)
+        try:
+            self.url = redact_url(url)
+        except ValueError as err:  # urlsplit: "Invalid IPv6 URL"; it never quotes the URL
+            raise ConfigError(
+                "OA_RECALL_STORE", f"PostgreSQL store URL is not valid: {err}"
+            ) from err
         try:
             params = conninfo_to_dict(conninfo)
             timeout_from_conninfo(params)
         except psycopg.ProgrammingError as err:
             detail = str(err).replace(conninfo, "…")  # libpq may quote the URL, password too
-            raise ValueError(f"PostgreSQL store URL {self.url!r} is not valid: {detail}") from err
+            raise ConfigError(
+                "OA_RECALL_STORE", f"PostgreSQL store URL {self.url!r} is not valid: {detail}"
+            ) from err
         self._password = str(params.get("password") or "") or None
         for name, value in LIBPQ_DEFAULTS.items():
             params.setdefault(name, value)
@@ -343,13 +353,15 @@ class PostgresStore:
         self.schema = options["schema"]
         self.table_prefix = options["table_prefix"]
         if not self.schema or len(self.schema.encode()) > 63 or "\x00" in self.schema:
-            raise ValueError(
-                f"PostgreSQL store schema {self.schema!r} must be 1 to 63 bytes without NUL."
+            raise ConfigError(
+                "OA_RECALL_STORE",
+                f"PostgreSQL store schema {self.schema!r} must be 1 to 63 bytes without NUL.",
             )
         if not _PREFIX_RE.match(self.table_prefix):
-            raise ValueError(
+            raise ConfigError(
+                "OA_RECALL_STORE",
                 f"PostgreSQL store table_prefix {self.table_prefix!r} must be a letter or _"
-                " followed by at most 39 letters, digits or _."
+                " followed by at most 39 letters, digits or _.",
             )
         self._min_size = int(_number(options, "pool_min_size", 0, 100))
         self._max_size = int(_number(options, "pool_max_size", max(1, self._min_size), 100))
@@ -626,7 +638,7 @@ class PostgresStore:
             if row is None:
                 if conn.execute(self._sql["exists"], [delivery_id]).fetchone():
                     raise DeliveryBusy(delivery_id)  # another replay holds its row
-                raise KeyError(delivery_id)
+                raise UnknownDelivery(delivery_id)
             kept, now = _row_to_delivery(row[:-1]), row[-1]
             if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
                 raise DeliveryBusy(delivery_id)
