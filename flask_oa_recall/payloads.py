@@ -8,7 +8,7 @@ config through the extension's own parsing, so what it signs is what the app acc
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,14 +23,25 @@ from .state import EXTENSION_KEY, OARecallState
 
 __all__ = [
     "ADD_SUBSCRIBER_COMMAND",
+    "BEFORE_ADD_SUBSCRIBER_COMMAND",
+    "BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND",
+    "BEFORE_SEND_MSG_COMMAND",
+    "C2C_BEFORE_SEND_MSG_COMMAND",
     "DEFAULT_MSG_KEY",
     "DEFAULT_OFFICIAL_ACCOUNT",
+    "GROUP_BEFORE_SEND_MSG_COMMAND",
     "SEND_MSG_COMMAND",
     "after_add_subscriber_body",
     "after_send_msg_body",
+    "before_add_subscriber_body",
+    "before_callback_body",
+    "before_create_official_account_body",
+    "before_send_msg_body",
+    "c2c_before_send_msg_body",
     "callback_body",
     "callback_path",
     "callback_rules",
+    "group_before_send_msg_body",
     "recall_body",
     "signed_query",
 ]
@@ -127,6 +138,187 @@ def after_add_subscriber_body(
         SubscribeAccountList=[{"Subscriber_Account": s} for s in subscribers],
         **extra,
     )
+
+
+# -- before-callbacks: what a decider is asked ---------------------------------------------------
+
+#: ``OfficialAccount.CallbackBeforeCreateOfficialAccount``: an admin is about to create an account.
+BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND = "OfficialAccount.CallbackBeforeCreateOfficialAccount"
+
+#: ``OfficialAccount.CallbackBeforeAddSubscriber``: users are about to subscribe.
+BEFORE_ADD_SUBSCRIBER_COMMAND = "OfficialAccount.CallbackBeforeAddSubscriber"
+
+#: ``OfficialAccount.CallbackBeforeSendMsg``: an Official Account message is about to be sent.
+BEFORE_SEND_MSG_COMMAND = "OfficialAccount.CallbackBeforeSendMsg"
+
+#: ``C2C.CallbackBeforeSendMsg``: a one-to-one message is about to be sent.
+C2C_BEFORE_SEND_MSG_COMMAND = "C2C.CallbackBeforeSendMsg"
+
+#: ``Group.CallbackBeforeSendMsg``: a group message is about to be sent.
+GROUP_BEFORE_SEND_MSG_COMMAND = "Group.CallbackBeforeSendMsg"
+
+
+def _text_elements(text: str, msg_body: Sequence[Mapping[str, Any]] | None) -> list[Any]:
+    if msg_body is not None:
+        return [dict(element) for element in msg_body]
+    return [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]
+
+
+def before_create_official_account_body(
+    name: str = "test",
+    *,
+    owner: str = "admin",
+    operator: str = "admin",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackBeforeCreateOfficialAccount`` body (no account id yet).
+
+    :param name: the ``Name`` the account is to get.
+    :param owner: ``Owner_Account``.
+    :param operator: ``Operator_Account``, the admin calling the REST API.
+    """
+    return callback_body(
+        BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND,
+        Operator_Account=operator,
+        Owner_Account=owner,
+        Name=name,
+        **extra,
+    )
+
+
+def before_add_subscriber_body(
+    subscribers: Sequence[str] = ("user1",),
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    operator: str = "admin",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackBeforeAddSubscriber`` body for ``subscribers``.
+
+    A decider may refuse some of them with ``Decision.allow(refused_subscribers=[...])``.
+    """
+    return callback_body(
+        BEFORE_ADD_SUBSCRIBER_COMMAND,
+        Official_Account=official_account,
+        Operator_Account=operator,
+        SubscribeAccountList=[{"Subscriber_Account": s} for s in subscribers],
+        **extra,
+    )
+
+
+def before_send_msg_body(
+    text: str = "hello",
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    online_only: bool = False,
+    cloud_custom_data: str = "",
+    msg_body: Sequence[Mapping[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackBeforeSendMsg`` body: one ``TIMTextElem`` of ``text``, or
+    the elements of ``msg_body``."""
+    return callback_body(
+        BEFORE_SEND_MSG_COMMAND,
+        Official_Account=official_account,
+        OnlineOnlyFlag=int(online_only),
+        MsgBody=_text_elements(text, msg_body),
+        CloudCustomData=cloud_custom_data,
+        **extra,
+    )
+
+
+def c2c_before_send_msg_body(
+    text: str = "hello",
+    *,
+    from_account: str = "user1",
+    to_account: str = "user2",
+    msg_seq: int = 48374,
+    msg_random: int = 2837546,
+    msg_time: int | None = None,
+    online_only: bool = False,
+    cloud_custom_data: str = "",
+    msg_body: Sequence[Mapping[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``C2C.CallbackBeforeSendMsg`` body: ``from_account`` writes ``text`` to ``to_account``.
+
+    ``MsgKey`` is ``MsgSeq_MsgRandom_MsgTime``, as Tencent forms it.
+    """
+    sent = int(time.time()) if msg_time is None else msg_time
+    return callback_body(
+        C2C_BEFORE_SEND_MSG_COMMAND,
+        From_Account=from_account,
+        To_Account=to_account,
+        MsgSeq=msg_seq,
+        MsgRandom=msg_random,
+        MsgTime=sent,
+        MsgKey=f"{msg_seq}_{msg_random}_{sent}",
+        OnlineOnlyFlag=int(online_only),
+        MsgBody=_text_elements(text, msg_body),
+        CloudCustomData=cloud_custom_data,
+        **extra,
+    )
+
+
+def group_before_send_msg_body(
+    text: str = "hello",
+    *,
+    group_id: str = "@TGS#_test",
+    group_type: str = "Public",
+    from_account: str = "user1",
+    operator: str | None = None,
+    random: int = 123456,
+    online_only: bool = False,
+    cloud_custom_data: str = "",
+    msg_body: Sequence[Mapping[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``Group.CallbackBeforeSendMsg`` body: ``from_account`` writes ``text`` to ``group_id``.
+
+    :param operator: ``Operator_Account``; ``from_account`` by default.
+    """
+    return callback_body(
+        GROUP_BEFORE_SEND_MSG_COMMAND,
+        GroupId=group_id,
+        Type=group_type,
+        From_Account=from_account,
+        Operator_Account=operator or from_account,
+        Random=random,
+        OnlineOnlyFlag=int(online_only),
+        MsgBody=_text_elements(text, msg_body),
+        CloudCustomData=cloud_custom_data,
+        **extra,
+    )
+
+
+def before_callback_body(
+    command: str,
+    *,
+    text: str = "hello",
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    subscribers: Sequence[str] = ("user1",),
+) -> dict[str, Any]:
+    """A body for any before-command, as ``flask oa-recall send --command`` sends it: the
+    builder above for the five it knows; for another command ``From_Account`` and a
+    ``MsgBody`` of ``text`` (enough for a decider to read).
+
+    :param text: the message's text; the account's ``Name`` for
+        ``OfficialAccount.CallbackBeforeCreateOfficialAccount``.
+    :param official_account: ``Official_Account``, for the Official Account commands.
+    :param subscribers: the users about to subscribe, for
+        ``OfficialAccount.CallbackBeforeAddSubscriber``.
+    """
+    if command == BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND:
+        return before_create_official_account_body(text)
+    if command == BEFORE_ADD_SUBSCRIBER_COMMAND:
+        return before_add_subscriber_body(subscribers, official_account=official_account)
+    if command == BEFORE_SEND_MSG_COMMAND:
+        return before_send_msg_body(text, official_account=official_account)
+    if command == C2C_BEFORE_SEND_MSG_COMMAND:
+        return c2c_before_send_msg_body(text)
+    if command == GROUP_BEFORE_SEND_MSG_COMMAND:
+        return group_before_send_msg_body(text)
+    return callback_body(command, From_Account="user1", MsgBody=_text_elements(text, None))
 
 
 def _config_defaults(app: Flask | None) -> tuple[int | None, str | None]:

@@ -18,6 +18,15 @@ Fixtures (all function-scoped):
 - ``oa_recall_captured``: everything emitted during the test, rejections and receiver failures
   included (a :class:`~flask_oa_recall.testing.Captured`).
 - ``oa_recall_url``: build the signed URL of a callback, for posting with a client of your own.
+- ``oa_recall_decide``: post a before-callback and get the
+  :class:`~flask_oa_recall.Decision` it was answered with::
+
+      def test_moderation(oa_recall_decide):
+          body = before_send_msg_body("forbidden")    # from flask_oa_recall.testing
+          assert oa_recall_decide(body) == Decision.deny("Blocked by moderation.")
+
+- ``oa_recall_decision_failures``: the deciders that failed during the test (a list of
+  :class:`~flask_oa_recall.testing.DecisionFailure`).
 
 Disable it with ``-p no:oa_recall``.
 """
@@ -31,14 +40,27 @@ import pytest
 from flask import Flask
 from werkzeug.test import TestResponse
 
+from .decisions import Decision
 from .events import Callback, RecallEvent
-from .testing import Captured, callback_path, capture, post_callback, signed_query
+from .testing import (
+    Captured,
+    DecisionFailure,
+    before_send_msg_body,
+    callback_path,
+    capture,
+    decision_of,
+    post_callback,
+    signed_query,
+)
 
 __all__ = [
+    "OARecallDecide",
     "OARecallPost",
     "OARecallUrl",
     "oa_recall_callbacks",
     "oa_recall_captured",
+    "oa_recall_decide",
+    "oa_recall_decision_failures",
     "oa_recall_events",
     "oa_recall_post",
     "oa_recall_url",
@@ -52,6 +74,14 @@ class OARecallPost(Protocol):
         self, body: Mapping[str, Any] | bytes | None = None, **options: Any
     ) -> TestResponse:
         """Post a signed callback; a recall of ``msg_keys`` when ``body`` is ``None``."""
+
+
+class OARecallDecide(Protocol):
+    """The callable ``oa_recall_decide`` gives; options as for ``post_callback``."""
+
+    def __call__(self, body: Mapping[str, Any] | None = None, **options: Any) -> Decision:
+        """Post a before-callback (an Official Account before-send of "hello" when ``body`` is
+        ``None``) and return the decision it was answered with."""
 
 
 class OARecallUrl(Protocol):
@@ -103,3 +133,24 @@ def oa_recall_url(app: Flask) -> OARecallUrl:
         return f"{callback_path(app)}?{signed_query(app, **query)}"
 
     return url
+
+
+@pytest.fixture
+def oa_recall_decide(oa_recall_post: OARecallPost) -> OARecallDecide:
+    """Post a before-callback to ``app`` and get its decision:
+    ``oa_recall_decide(before_add_subscriber_body(["bot_1"]))``.
+
+    Raises ``AssertionError`` if the request was not answered with a decision (refused, say).
+    """
+
+    def decide(body: Mapping[str, Any] | None = None, **options: Any) -> Decision:
+        sent = body if body is not None else before_send_msg_body()
+        return decision_of(oa_recall_post(sent, **options))
+
+    return decide
+
+
+@pytest.fixture
+def oa_recall_decision_failures(oa_recall_captured: Captured) -> list[DecisionFailure]:
+    """The deciders that raised, ran late or found no free thread during the test, in order."""
+    return oa_recall_captured.decision_failures

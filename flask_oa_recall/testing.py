@@ -11,8 +11,17 @@ app emitted::
         assert response.json["ActionStatus"] == "OK"
         assert seen.msg_keys == ["71_1_1698741698"]
 
+A decider's answer to a before-callback is read back with :func:`decision_of`::
+
+    from flask_oa_recall import Decision
+    from flask_oa_recall.testing import before_send_msg_body, decision_of, post_callback
+
+    def test_moderation_denies_the_forbidden_word(app):
+        response = post_callback(app.test_client(), app, before_send_msg_body("forbidden"))
+        assert decision_of(response) == Decision.deny("Blocked by moderation.")
+
 With pytest, the fixtures of :mod:`flask_oa_recall.pytest_plugin` (``oa_recall_post``,
-``oa_recall_events``, ...) do the same in one line each.
+``oa_recall_events``, ``oa_recall_decide``, ...) do the same in one line each.
 
 The helpers read the SdkAppid and the first token from the app's config, so what they sign is
 what the app accepts. Nothing here mocks the extension: requests go through the real route.
@@ -31,16 +40,28 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from .decisions import Decision
 from .events import RECALL_COMMAND, Callback, RecallEvent
 from .payloads import (
     ADD_SUBSCRIBER_COMMAND,
+    BEFORE_ADD_SUBSCRIBER_COMMAND,
+    BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND,
+    BEFORE_SEND_MSG_COMMAND,
+    C2C_BEFORE_SEND_MSG_COMMAND,
     DEFAULT_MSG_KEY,
     DEFAULT_OFFICIAL_ACCOUNT,
+    GROUP_BEFORE_SEND_MSG_COMMAND,
     SEND_MSG_COMMAND,
     after_add_subscriber_body,
     after_send_msg_body,
+    before_add_subscriber_body,
+    before_callback_body,
+    before_create_official_account_body,
+    before_send_msg_body,
+    c2c_before_send_msg_body,
     callback_body,
     callback_path,
+    group_before_send_msg_body,
     recall_body,
     signed_query,
 )
@@ -48,6 +69,7 @@ from .security import sign
 from .signals import (
     callback_received,
     callback_rejected,
+    decision_failed,
     messages_recalled,
     receiver_failed,
     store_failed,
@@ -55,19 +77,32 @@ from .signals import (
 
 __all__ = [
     "ADD_SUBSCRIBER_COMMAND",
+    "BEFORE_ADD_SUBSCRIBER_COMMAND",
+    "BEFORE_CREATE_OFFICIAL_ACCOUNT_COMMAND",
+    "BEFORE_SEND_MSG_COMMAND",
+    "C2C_BEFORE_SEND_MSG_COMMAND",
     "DEFAULT_MSG_KEY",
     "DEFAULT_OFFICIAL_ACCOUNT",
+    "GROUP_BEFORE_SEND_MSG_COMMAND",
     "SEND_MSG_COMMAND",
     "Captured",
+    "DecisionFailure",
     "ReceiverFailure",
     "Rejected",
     "after_add_subscriber_body",
     "after_send_msg_body",
+    "before_add_subscriber_body",
+    "before_callback_body",
+    "before_create_official_account_body",
+    "before_send_msg_body",
+    "c2c_before_send_msg_body",
     "callback_body",
     "callback_path",
     "capture",
     "capture_callbacks",
     "capture_recalls",
+    "decision_of",
+    "group_before_send_msg_body",
     "post_callback",
     "recall_body",
     "sign",
@@ -86,6 +121,10 @@ def post_callback(
     **query: Any,
 ) -> TestResponse:
     """POST a signed callback through ``client``, as Tencent would.
+
+    The response is read and closed before it is returned, as a server does once the answer
+    is written: what the extension does after the answer (``OA_RECALL_DISPATCH =
+    "after_response"``, keeping a before-callback, ``decision_failed``) has run by then.
 
     :param client: the app's test client.
     :param app: whose config signs the request; ``client.application`` by default.
@@ -107,7 +146,36 @@ def post_callback(
         )
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     url = f"{path or callback_path(app)}?{signed_query(app, command=command, **query)}"
-    return client.post(url, data=data, content_type="application/json")
+    return client.post(url, data=data, content_type="application/json", buffered=True)
+
+
+def decision_of(response: TestResponse) -> Decision:
+    """The :class:`~flask_oa_recall.Decision` a before-callback was answered with.
+
+    Compare it with the decision you expect::
+
+        assert decision_of(response) == Decision.allow(refused_subscribers=["bot_1"])
+
+    :raises AssertionError: if the answer is not HTTP 200 with ``ActionStatus`` ``"OK"`` and
+        an int ``ErrorCode`` (a rejection, say); the message shows the answer.
+    """
+    answer = response.get_json(silent=True)
+    if (
+        response.status_code != 200
+        or not isinstance(answer, dict)
+        or answer.get("ActionStatus") != "OK"
+        or isinstance(answer.get("ErrorCode"), bool)
+        or not isinstance(answer.get("ErrorCode"), int)
+    ):
+        shown = response.get_data(as_text=True)[:500]
+        raise AssertionError(f"not a decision: HTTP {response.status_code} {shown}")
+    return Decision(
+        answer["ErrorCode"],
+        answer.get("ErrorInfo", ""),
+        answer.get("MsgBody"),
+        answer.get("CloudCustomData"),
+        answer.get("RefusedSubscribers_Account"),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +197,15 @@ class ReceiverFailure:
     delivery_id: str
 
 
+@dataclass(frozen=True)
+class DecisionFailure:
+    """A decider that failed, as sent with :data:`~flask_oa_recall.decision_failed`."""
+
+    command: str
+    exception: BaseException
+    delivery_id: str
+
+
 @dataclass
 class Captured:
     """Everything ``app`` emitted inside a :func:`capture` block, in order of emission."""
@@ -143,6 +220,9 @@ class Captured:
     """Every receiver that raised."""
     store_failures: list[BaseException] = field(default_factory=list)
     """Every error of the delivery store (the callbacks were dispatched anyway)."""
+    decision_failures: list[DecisionFailure] = field(default_factory=list)
+    """Every decider that raised, ran late or found no free thread (the fallback was
+    answered)."""
 
     @property
     def msg_keys(self) -> list[str]:
@@ -164,7 +244,7 @@ def _recorder(function: Callable[..., None]) -> Callable[..., None]:
 @contextmanager
 def capture(app: Flask) -> Iterator[Captured]:
     """Collect everything ``app`` emits inside the block: recalls, callbacks, rejections,
-    receiver failures and store failures.
+    receiver failures, store failures and decider failures.
 
     The recorders are ordinary receivers of ``app`` only, connected for the block.
     """
@@ -194,12 +274,18 @@ def capture(app: Flask) -> Iterator[Captured]:
     def on_store_failed(sender: Flask, exception: BaseException, **_: Any) -> None:
         seen.store_failures.append(exception)
 
+    def on_decision_failed(
+        sender: Flask, command: str, exception: BaseException, delivery_id: str, **_: Any
+    ) -> None:
+        seen.decision_failures.append(DecisionFailure(command, exception, delivery_id))
+
     with ExitStack() as stack:
         stack.enter_context(messages_recalled.connected_to(on_recall, app))
         stack.enter_context(callback_received.connected_to(on_callback, app))
         stack.enter_context(callback_rejected.connected_to(on_rejected, app))
         stack.enter_context(receiver_failed.connected_to(on_failed, app))
         stack.enter_context(store_failed.connected_to(on_store_failed, app))
+        stack.enter_context(decision_failed.connected_to(on_decision_failed, app))
         yield seen
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from flask_oa_recall.testing import callback_body
 from tests.apps.host import SDK_APP_ID, TOKEN
-from tests.servers import CallbackClient, GunicornServer, gunicorn_server, wait_for
+from tests.servers import CallbackClient, GunicornServer, gunicorn_server, run_flask, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +161,71 @@ def test_a_bad_sign_never_reaches_the_decider(env: dict[str, str], tmp_path: Pat
         _, status, answer = timed_post(stranger, "forbidden by stranger")
         assert (status, answer["ActionStatus"], answer["ErrorCode"]) == (403, "FAIL", 40302)
     assert record(env) == []
+
+
+# flask oa-recall send --command <before-command>, against the same kind of server
+
+
+@pytest.fixture(scope="module")
+def decider_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    tmp = tmp_path_factory.mktemp("send")
+    env = {"OA_TEST_RECORD": str(tmp / "record.txt"), "OA_TEST_INSTANCE": str(tmp / "instance")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OA_RECALL_", "OA_TEST_"))}
+    with gunicorn_server(APP, tmp, env={**clean, **env}, workers=1) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("args", "printed"),
+    [
+        (
+            ["--command", SEND, "--text", "forbidden word"],
+            ["decision: deny", "  ErrorCode: 1", '  ErrorInfo: "Blocked by moderation."'],
+        ),
+        (
+            ["--command", SEND, "--text", "rewrite"],
+            [
+                "decision: allow",
+                "  ErrorCode: 0",
+                '  ErrorInfo: ""',
+                '  MsgBody: [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "rewritten"}}]',
+                '  CloudCustomData: "{\\"moderated\\":true}"',
+            ],
+        ),
+        (
+            ["--command", SEND, "--text", "drop"],
+            ["decision: drop", "  ErrorCode: 2", '  ErrorInfo: ""'],
+        ),
+        (
+            [
+                "--command",
+                "OfficialAccount.CallbackBeforeAddSubscriber",
+                "--subscriber",
+                "user1",
+                "--subscriber",
+                "bot7",
+            ],
+            [
+                "decision: allow",
+                "  ErrorCode: 0",
+                '  ErrorInfo: ""',
+                '  RefusedSubscribers_Account: ["bot7"]',
+            ],
+        ),
+        (
+            ["--command", "C2C.CallbackBeforeSendMsg", "--text", "forbidden"],
+            ["decision: allow", "  ErrorCode: 0", '  ErrorInfo: ""'],
+        ),
+    ],
+    ids=["deny", "allow-rewrite", "drop", "refuse-subscribers", "no-decider"],
+)
+def test_send_prints_the_decision_fields(
+    decider_server: GunicornServer, args: list[str], printed: list[str]
+) -> None:
+    env = {k: v for k, v in decider_server.env.items() if k.startswith("OA_TEST_")}
+    done = run_flask(APP, "oa-recall", "send", "--url", decider_server.base_url, *args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-len(printed) :] == printed
+    assert "HTTP 200 OK" in done.stdout
+    assert TOKEN not in done.stdout

@@ -14,9 +14,11 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from ..config import TENCENT_TIMEOUT_SECONDS
+from ..deciders import is_before_command
 from ..events import RECALL_COMMAND
 from ..payloads import (
     DEFAULT_OFFICIAL_ACCOUNT,
+    before_callback_body,
     callback_body,
     callback_path,
     recall_body,
@@ -105,6 +107,18 @@ def _redacted(query: str) -> str:
     help="Token to sign with (or $OA_RECALL_SEND_TOKEN). Default: the first configured for the"
     " SdkAppid. Never printed.",
 )
+@click.option(
+    "--text",
+    help="Before-commands: the text of the message about to be sent (the account's name for"
+    " CallbackBeforeCreateOfficialAccount). Default: hello.",
+)
+@click.option(
+    "--subscriber",
+    "subscribers",
+    multiple=True,
+    help="OfficialAccount.CallbackBeforeAddSubscriber: a user about to subscribe; repeat for"
+    " several. Default: user1.",
+)
 @click.option("--unsigned", is_flag=True, help="Send no Sign/RequestTime.")
 @click.option(
     "--body",
@@ -122,6 +136,8 @@ def send_command(
     command: str | None,
     sdkappid: int | None,
     token: str | None,
+    text: str | None,
+    subscribers: tuple[str, ...],
     unsigned: bool,
     body_file: IO[bytes] | None,
     timeout: float,
@@ -130,30 +146,44 @@ def send_command(
 
     By default a recall of one fresh MsgKey, signed with this app's SdkAppid and first token,
     to this app's route on 127.0.0.1:5000. Prints the status and the answer; the exit status
-    is 0 only for HTTP 200 with the OK envelope.
+    is 0 only for HTTP 200 with the OK envelope. For a before-command (``--command
+    OfficialAccount.CallbackBeforeSendMsg --text ...``) it also prints the decision's fields,
+    and any decision the server answered with ``ActionStatus`` ``OK`` counts as success.
     """
     app = current_app
     scheme, netloc, path = _target(url, callback_path(app))
     if body_file is not None:
-        if msg_keys:
-            raise click.UsageError("--msg-key builds a recall body; it cannot go with --body.")
+        if msg_keys or text is not None or subscribers:
+            raise click.UsageError(
+                "--msg-key, --text and --subscriber build a body; they cannot go with --body."
+            )
         body = body_file.read()
         if command is None:
             command = _command_of(body)
         what = f"{len(body)} bytes from {body_file.name}"
     else:
         command = command or RECALL_COMMAND
+        if (text is not None or subscribers) and not is_before_command(command):
+            raise click.UsageError("--text and --subscriber go with a before-command.")
         payload: dict[str, Any]
         if command == RECALL_COMMAND:
             keys = msg_keys or (_fresh_msg_key(),)
             payload = recall_body(keys, official_account=official_account)
             what = f"recall of {', '.join(keys)} by {official_account}"
+        elif msg_keys:
+            raise click.UsageError(f"--msg-key only goes with {RECALL_COMMAND}.")
+        elif is_before_command(command):
+            payload = before_callback_body(
+                command,
+                text="hello" if text is None else text,
+                official_account=official_account,
+                subscribers=subscribers or ("user1",),
+            )
+            what = f"{command}, {_summary(payload)}"
         else:
-            if msg_keys:
-                raise click.UsageError(f"--msg-key only goes with {RECALL_COMMAND}.")
             payload = callback_body(command, Official_Account=official_account)
             what = f"{command} for {official_account}"
-        body = json.dumps(payload).encode()
+        body = json.dumps(payload, ensure_ascii=False).encode()
 
     query = signed_query(app, command=command, sdk_app_id=sdkappid, token="" if unsigned else token)
     shown = urlunsplit((scheme, netloc, path, _redacted(query), ""))
@@ -177,8 +207,52 @@ def send_command(
             " Tencent would have given up.",
             err=True,
         )
-    if status != 200 or _json_or_none(answer) != _OK:
+    parsed = _json_or_none(answer)
+    if is_before_command(command) and status == 200 and _is_decision(parsed):
+        _echo_decision(parsed)
+        return
+    if status != 200 or parsed != _OK:
         raise click.ClickException("the server did not answer with the OK envelope.")
+
+
+#: The fields of a decision, in the order they are printed.
+_DECISION_FIELDS = (
+    "ErrorCode",
+    "ErrorInfo",
+    "MsgBody",
+    "CloudCustomData",
+    "RefusedSubscribers_Account",
+)
+
+
+def _is_decision(answer: Any) -> bool:
+    code = answer.get("ErrorCode") if isinstance(answer, dict) else None
+    return (
+        isinstance(answer, dict)
+        and answer.get("ActionStatus") == "OK"
+        and isinstance(code, int)
+        and not isinstance(code, bool)
+    )
+
+
+def _echo_decision(answer: dict[str, Any]) -> None:
+    code = answer["ErrorCode"]
+    kind = "allow" if code == 0 else "drop" if code == 2 else "deny"
+    click.echo(f"decision: {kind}")
+    for name in _DECISION_FIELDS:
+        if name in answer:
+            click.echo(f"  {name}: {json.dumps(answer[name], ensure_ascii=False)}")
+
+
+def _summary(payload: dict[str, Any]) -> str:
+    """What a before-callback body is about, in a few words, for the echo line."""
+    if "SubscribeAccountList" in payload:
+        users = ", ".join(s["Subscriber_Account"] for s in payload["SubscribeAccountList"])
+        return f"subscribers {users} to {payload['Official_Account']}"
+    if "MsgBody" in payload:
+        texts = [e["MsgContent"].get("Text", "") for e in payload["MsgBody"]]
+        return f"text {json.dumps(' '.join(texts), ensure_ascii=False)}"
+    return f"name {json.dumps(payload.get('Name', ''), ensure_ascii=False)}"
 
 
 def _json_or_none(data: bytes) -> Any:

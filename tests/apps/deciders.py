@@ -7,7 +7,12 @@ message's first element:
 - ``raise``: raises ``RuntimeError``;
 - ``sleep <seconds>``: sleeps, writes ``late``, then denies;
 - ``hang``: never returns (waits on an event nobody sets);
+- ``rewrite``: allowed with a new ``MsgBody`` and ``CloudCustomData``;
+- ``drop``: dropped;
 - anything holding ``forbidden``: denied; anything else: allowed (``None``).
+
+A second decider, for ``OfficialAccount.CallbackBeforeAddSubscriber``, refuses every subscriber
+whose id starts with ``bot``.
 
 Each call writes ``decided decider <pid> <text>`` to ``OA_TEST_RECORD`` first, and each
 ``decision_failed`` writes ``failed <exception class> <pid> <delivery id>``.
@@ -43,9 +48,23 @@ def moderate(callback: Callback) -> Decision | None:
         return Decision.deny("decided late")
     if text == "hang":
         threading.Event().wait()
+    if text == "rewrite":
+        return Decision.allow(
+            msg_body=[{"MsgType": "TIMTextElem", "MsgContent": {"Text": "rewritten"}}],
+            cloud_custom_data='{"moderated":true}',
+        )
+    if text == "drop":
+        return Decision.drop()
     if "forbidden" in text:
         return Decision.deny("Blocked by moderation.")
     return None
+
+
+@oa.decider("OfficialAccount.CallbackBeforeAddSubscriber")
+async def no_bots(callback: Callback) -> Decision:
+    """Refuse the subscribers whose id starts with ``bot`` (an ``async def`` decider)."""
+    accounts = [s["Subscriber_Account"] for s in callback.body["SubscribeAccountList"]]
+    return Decision.allow(refused_subscribers=[a for a in accounts if a.startswith("bot")])
 
 
 def on_failed(app: Flask, exception: Exception, delivery_id: str, **_: Any) -> None:
