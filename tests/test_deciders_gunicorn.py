@@ -229,3 +229,59 @@ def test_send_prints_the_decision_fields(
     assert lines[-len(printed) :] == printed
     assert "HTTP 200 OK" in done.stdout
     assert TOKEN not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "what", "printed"),
+    [
+        (
+            ["--command", SEND, "--text", "forbidden 字"],
+            f'  {SEND}, text "forbidden 字"',
+            ["decision: deny", "  ErrorCode: 1", '  ErrorInfo: "Blocked by moderation."'],
+        ),
+        (
+            [
+                "--command",
+                "OfficialAccount.CallbackBeforeAddSubscriber",
+                "--subscriber",
+                "bot1",
+                "--official-account",
+                "@TOA#_news",
+            ],
+            "  OfficialAccount.CallbackBeforeAddSubscriber, subscribers bot1 to @TOA#_news",
+            [
+                "decision: allow",
+                "  ErrorCode: 0",
+                '  ErrorInfo: ""',
+                '  RefusedSubscribers_Account: ["bot1"]',
+            ],
+        ),
+        (
+            ["--command", "OfficialAccount.CallbackBeforeCreateOfficialAccount", "--text", "news"],
+            '  OfficialAccount.CallbackBeforeCreateOfficialAccount, name "news"',
+            ["decision: allow", "  ErrorCode: 0", '  ErrorInfo: ""'],
+        ),
+    ],
+    ids=["send-msg", "add-subscriber", "create"],
+)
+def test_send_in_process_describes_the_body_and_prints_the_decision(
+    decider_server: GunicornServer, args: list[str], what: str, printed: list[str]
+) -> None:
+    """The same command through Flask's CLI runner (in this process), against the server."""
+    from flask import Flask
+
+    from flask_oa_recall import OARecall
+
+    app = Flask("send_client")
+    app.config.update(
+        OA_RECALL_SDKAPPID=SDK_APP_ID, OA_RECALL_TOKENS=[TOKEN], OA_RECALL_STORE="memory://"
+    )
+    OARecall(app)
+    result = app.test_cli_runner().invoke(
+        args=["oa-recall", "send", "--url", decider_server.base_url, *args]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1] == what
+    assert lines[-len(printed) :] == printed
+    assert TOKEN not in result.output
