@@ -80,12 +80,16 @@ class Claim:
     :param busy: messages leased by another delivery right now.
     :param receivers_ok: per-delivery receivers (of ``callback_received``) that already
         succeeded in an earlier attempt.
+    :param scope: the delivery's (SdkAppid, Official_Account or ``""``), set by stores that
+        use it in ``finish`` to find the messages without reading the delivery first; stores
+        must work without it (``None``).
     """
 
     owned: Mapping[str, frozenset[str]] = field(default_factory=dict)
     done: tuple[str, ...] = ()
     busy: tuple[str, ...] = ()
     receivers_ok: frozenset[str] = frozenset()
+    scope: tuple[int, str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,36 @@ MessageId = tuple[int, str, str]
 
 
 class MemoryStore:
-    """A thread-safe in-process store. Each gunicorn worker would have its own: tests only."""
+    """A thread-safe in-process store. Each gunicorn worker would have its own: tests only.
+
+    Its memory is bounded: it keeps every pending and failed delivery, but only the
+    ``max_finished_deliveries`` most recently finished (done or duplicate) deliveries and the
+    ``max_finished_messages`` most recently finished messages; older ones are forgotten as if
+    pruned, so a redelivery of a forgotten message is dispatched again.
+    """
 
     layout_version = 1
+    #: Finished deliveries kept (the oldest are forgotten first).
+    MAX_FINISHED_DELIVERIES = 1_000
+    #: Finished messages kept for deduplication (the oldest are forgotten first).
+    MAX_FINISHED_MESSAGES = 10_000
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        max_finished_deliveries: int = MAX_FINISHED_DELIVERIES,
+        max_finished_messages: int = MAX_FINISHED_MESSAGES,
+    ) -> None:
         self.url = url
         self._lock = threading.Lock()
         self._deliveries: dict[str, Delivery] = {}
         self._messages: dict[MessageId, MessageState] = {}
+        # Both in the order they finished, oldest first: what to forget first.
         self._finished_at: dict[MessageId, float] = {}
+        self._finished: dict[str, None] = {}
+        self._max_deliveries = max_finished_deliveries
+        self._max_messages = max_finished_messages
 
     def _claim(self, delivery: Delivery, now: float, lease_seconds: float) -> Claim:
         owned: dict[str, frozenset[str]] = {}
@@ -70,6 +90,7 @@ class MemoryStore:
                 lease_until=now + lease_seconds,
             )
             self._deliveries[delivery_id] = kept
+            self._finished.pop(delivery_id, None)
             return kept, self._claim(kept, now, lease_seconds)
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
@@ -90,7 +111,19 @@ class MemoryStore:
                     key in outcome.failed,
                 )
                 if state.done:
+                    self._finished_at.pop(message, None)
                     self._finished_at[message] = now
+            while len(self._finished_at) > self._max_messages:
+                forgotten = next(iter(self._finished_at))
+                del self._finished_at[forgotten]
+                self._messages.pop(forgotten, None)
+            self._finished.pop(delivery_id, None)
+            if outcome.status in (DeliveryStatus.DONE, DeliveryStatus.DUPLICATE):
+                self._finished[delivery_id] = None
+                while len(self._finished) > self._max_deliveries:
+                    forgotten_id = next(iter(self._finished))
+                    del self._finished[forgotten_id]
+                    self._deliveries.pop(forgotten_id, None)
             self._deliveries[delivery_id] = replace(
                 kept,
                 status=outcome.status,
@@ -127,6 +160,7 @@ class MemoryStore:
             ]
             for delivery_id in doomed:
                 del self._deliveries[delivery_id]
+                self._finished.pop(delivery_id, None)
             for message in [m for m, at in self._finished_at.items() if at < before]:
                 del self._finished_at[message]
                 del self._messages[message]

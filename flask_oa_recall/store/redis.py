@@ -26,6 +26,7 @@ import os
 import secrets
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from json.encoder import encode_basestring_ascii
 from typing import cast
 from urllib.parse import parse_qsl, urlencode
 
@@ -112,7 +113,8 @@ end
 """
 
 # KEYS: delivery, all, pending, message keys...
-# ARGV: id, lease seconds, received_at, field, value, ...
+# ARGV: id, lease seconds, received_at, sdk_app_id, command, query, body, msg_keys, members,
+#       official_account (absent when the callback has none)
 _BEGIN = (
     _LUA_COMMON
     + """
@@ -122,12 +124,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local now = now_time()
 local lease = tonumber(ARGV[2])
-local fields = {'status', 'pending', 'attempts', '1', 'receivers', '{}',
-  'updated_at', fmt(now), 'lease_until', fmt(now + lease)}
-for i = 4, #ARGV do
-  fields[#fields + 1] = ARGV[i]
+redis.call('HSET', KEYS[1], 'status', 'pending', 'attempts', '1', 'receivers', '{}',
+  'updated_at', fmt(now), 'lease_until', fmt(now + lease), 'id', id, 'received_at', ARGV[3],
+  'sdk_app_id', ARGV[4], 'command', ARGV[5], 'query', ARGV[6], 'body', ARGV[7],
+  'msg_keys', ARGV[8], 'members', ARGV[9])
+if ARGV[10] then
+  redis.call('HSET', KEYS[1], 'official_account', ARGV[10])
 end
-redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[3], id)
 redis.call('ZADD', KEYS[3], ARGV[3], id)
 local keys = {}
@@ -319,6 +322,11 @@ def _to_delivery(fields: Mapping[str, str]) -> Delivery:
     )
 
 
+#: A string as JSON (ASCII, quoted): what ``json.dumps`` writes for a ``str``, without building
+#: an encoder. Message members are ``[sdkappid,"official_account","msgkey"]`` in this form.
+_json_str = encode_basestring_ascii
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -410,7 +418,10 @@ class RedisStore:
         return 1 if exists else None
 
     def _check_layout(self) -> None:
-        """Once per process: refuse a layout newer than this code's."""
+        """Once per process: refuse a layout newer than this code's, record it when absent.
+
+        0.1.0 wrote the same keys without a record, so a store without one is layout 1.
+        """
         pid = os.getpid()
         if self._layout_checked_in == pid:
             return
@@ -419,14 +430,12 @@ class RedisStore:
             raise newer_layout(
                 f"Redis store at {self._where} prefix {self.prefix!r}", found, self.layout_version
             )
+        with self._errors("record its layout version"):
+            self._client.set(self._layout, str(self.layout_version), nx=True)
         self._layout_checked_in = pid
 
     def _delivery_key(self, delivery_id: str) -> str:
         return self._delivery_prefix + delivery_id
-
-    @staticmethod
-    def _member(sdk_app_id: int, official_account: str | None, msg_key: str) -> str:
-        return json.dumps([sdk_app_id, official_account or "", msg_key], separators=(",", ":"))
 
     @staticmethod
     def _claim(msg_keys: Sequence[str], flat: Sequence[str], receivers_ok: frozenset[str]) -> Claim:
@@ -435,44 +444,38 @@ class RedisStore:
         busy: list[str] = []
         for key, verdict, receivers_done in zip(msg_keys, flat[::2], flat[1::2], strict=True):
             if verdict == "owned":
-                owned[key] = frozenset(json.loads(receivers_done))
+                owned[key] = (
+                    frozenset(json.loads(receivers_done)) if receivers_done != "[]" else frozenset()
+                )
             else:
                 (done if verdict == "done" else busy).append(key)
         return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=receivers_ok)
 
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one script (one round trip)."""
-        fields: list[str] = [
-            "id",
-            delivery.id,
-            "received_at",
-            repr(float(delivery.received_at)),
-            "sdk_app_id",
-            str(delivery.sdk_app_id),
-            "command",
-            delivery.command,
-            "query",
-            json.dumps(dict(delivery.query)),
-            "body",
-            delivery.body,
-            "msg_keys",
-            json.dumps(list(delivery.msg_keys)),
-        ]
-        if delivery.official_account is not None:
-            fields += ["official_account", delivery.official_account]
-        members = {
-            key: self._member(delivery.sdk_app_id, delivery.official_account, key)
-            for key in delivery.msg_keys
-        }
         # finish and resume find the message keys through this map, inside their scripts.
-        fields += ["members", json.dumps(members)]
+        head = f"[{delivery.sdk_app_id},{_json_str(delivery.official_account or '')},"
+        members = {key: f"{head}{_json_str(key)}]" for key in delivery.msg_keys}
+        prefix = self._message_prefix
         keys = [
-            self._delivery_key(delivery.id),
+            self._delivery_prefix + delivery.id,
             self._all,
             self._status[DeliveryStatus.PENDING],
-            *(self._message_prefix + members[key] for key in delivery.msg_keys),
+            *[prefix + member for member in members.values()],
         ]
-        args = [delivery.id, repr(float(lease_seconds)), _score(delivery.received_at), *fields]
+        args = [
+            delivery.id,
+            repr(float(lease_seconds)),
+            _score(delivery.received_at),
+            str(delivery.sdk_app_id),
+            delivery.command,
+            json.dumps(dict(delivery.query)),
+            delivery.body,
+            json.dumps(list(delivery.msg_keys)),
+            json.dumps(members),
+        ]
+        if delivery.official_account is not None:
+            args.append(delivery.official_account)
         self._check_layout()
         with self._errors(f"keep delivery {delivery.id}"):
             flat = self._begin(keys=keys, args=args)

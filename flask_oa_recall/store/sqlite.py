@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +21,13 @@ from .logic import MessageState, merge_receivers, release, try_claim
 
 __all__ = ["SQLiteStore"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
+#: Layout 2. Deliveries are clustered by id (``WITHOUT ROWID``): one B-tree per insert, and
+#: ids sort by arrival. Only failed deliveries are indexed by status (a partial index written
+#: when a delivery fails, not on every callback); listing by time or pending status scans.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS oa_recall_deliveries (
     id TEXT PRIMARY KEY,
@@ -37,11 +44,9 @@ CREATE TABLE IF NOT EXISTS oa_recall_deliveries (
     receivers TEXT NOT NULL,
     last_error TEXT,
     lease_until REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS oa_recall_deliveries_status
-    ON oa_recall_deliveries (status, received_at);
-CREATE INDEX IF NOT EXISTS oa_recall_deliveries_received
-    ON oa_recall_deliveries (received_at);
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS oa_recall_deliveries_failed
+    ON oa_recall_deliveries (id) WHERE status = 'failed';
 CREATE TABLE IF NOT EXISTS oa_recall_messages (
     sdk_app_id INTEGER NOT NULL,
     official_account TEXT NOT NULL,
@@ -54,6 +59,36 @@ CREATE TABLE IF NOT EXISTS oa_recall_messages (
     PRIMARY KEY (sdk_app_id, official_account, msg_key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS oa_recall_meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT OR REPLACE INTO oa_recall_meta VALUES ('layout_version', '2');
+"""
+
+#: Layout 1 (0.1.0) to 2, in the one transaction that opens the file: copy the deliveries
+#: into a clustered table, drop the old one with its two indexes, record the version.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE oa_recall_deliveries_v2 (
+    id TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sdk_app_id INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    query TEXT NOT NULL,
+    body TEXT NOT NULL,
+    official_account TEXT,
+    msg_keys TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    receivers TEXT NOT NULL,
+    last_error TEXT,
+    lease_until REAL NOT NULL
+) WITHOUT ROWID;
+INSERT INTO oa_recall_deliveries_v2 SELECT
+    id, received_at, updated_at, sdk_app_id, command, query, body, official_account,
+    msg_keys, status, attempts, receivers, last_error, lease_until
+FROM oa_recall_deliveries;
+DROP TABLE oa_recall_deliveries;
+ALTER TABLE oa_recall_deliveries_v2 RENAME TO oa_recall_deliveries;
+CREATE INDEX oa_recall_deliveries_failed ON oa_recall_deliveries (id) WHERE status = 'failed';
+INSERT OR REPLACE INTO oa_recall_meta VALUES ('layout_version', '2');
 """
 
 #: The schema's last table: when it exists, the whole script has run (it runs in one transaction).
@@ -63,12 +98,43 @@ _SCHEMA_PRESENT = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '
 _LAYOUT_KEY = "layout_version"
 
 
+def _script(conn: sqlite3.Connection, script: str, *, only_if_layout: int | None = None) -> None:
+    """Run ``script``'s statements in one ``BEGIN IMMEDIATE`` transaction; with
+    ``only_if_layout``, only if the file still holds that layout once the lock is taken (another
+    process may have migrated it meanwhile)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if only_if_layout is None or _stored_layout(conn) == only_if_layout:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _stored_layout(conn: sqlite3.Connection) -> int | None:
     if not conn.execute(_SCHEMA_PRESENT).fetchone():
         return None
     row = conn.execute("SELECT value FROM oa_recall_meta WHERE key = ?", (_LAYOUT_KEY,)).fetchone()
     return 1 if row is None else int(row[0])
 
+
+#: A new message, claimed by the delivery that brings it; ignored if the message is kept.
+_INSERT_CLAIMED = "INSERT OR IGNORE INTO oa_recall_messages VALUES (?, ?, ?, 0, ?, ?, '[]', ?)"
+#: Release a message still owned, with the receivers it had when claimed (compare-and-set).
+_RELEASE_OWNED = (
+    "UPDATE oa_recall_messages SET done = ?, owner = NULL, lease_until = 0,"
+    " receivers_done = ?, updated_at = ? WHERE sdk_app_id = ? AND official_account = ?"
+    " AND msg_key = ? AND owner = ? AND receivers_done = ? AND done = 0"
+)
+#: Finish a delivery no attempt recorded receivers for yet (merging with nothing).
+_FINISH_FIRST_ATTEMPT = (
+    "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
+    " updated_at = ?, lease_until = 0 WHERE id = ? AND receivers = '{}'"
+)
 
 _COLUMNS = (
     "id, received_at, updated_at, sdk_app_id, command, query, body, official_account,"
@@ -137,7 +203,7 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _names_json(names: set[str]) -> str:
+def _names_json(names: AbstractSet[str]) -> str:
     """Receiver names as kept in ``receivers_done``: a sorted JSON list."""
     return _sorted_json(frozenset(names)) if names else "[]"
 
@@ -156,7 +222,7 @@ class SQLiteStore:
     WAL with ``synchronous=NORMAL`` survives a killed process, not a power cut.
     """
 
-    layout_version = 1
+    layout_version = 2
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
@@ -202,15 +268,13 @@ class SQLiteStore:
                 # since (a deleted file, a fresh volume). Only when missing, so that a file that
                 # cannot be written can still be read (``flask oa-recall deliveries``).
                 if not conn.execute(_SCHEMA_PRESENT).fetchone():
-                    conn.execute("BEGIN IMMEDIATE")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute("COMMIT")
+                    _script(conn, _SCHEMA)
                 found = _stored_layout(conn)
                 if found is not None and found > self.layout_version:
                     conn.close()
                     raise newer_layout(f"SQLite store {self.path}", found, self.layout_version)
+                if found == 1:
+                    self._migrate(conn)
                 return conn
             except sqlite3.OperationalError as err:
                 conn.close()
@@ -218,6 +282,18 @@ class SQLiteStore:
                 if not locked or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Layout 1 to 2 in one transaction; a file that cannot be written stays readable."""
+        try:
+            _script(conn, _MIGRATE_1_TO_2, only_if_layout=1)
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err) and "read-only" not in str(err):
+                raise
+            # Layout 1 reads the same columns: listing and replay's reads still work.
+            logger.warning("SQLite store %s is read-only and keeps layout 1: %s", self.path, err)
+        else:
+            logger.info("SQLite store %s: layout 1 migrated to layout 2", self.path)
 
     def _failed(self, err: sqlite3.Error) -> StoreError:
         # A connection that failed may stay broken (one that found the file read-only stays
@@ -256,14 +332,30 @@ class SQLiteStore:
         receivers_ok: frozenset[str],
         now: float,
         lease_seconds: float,
+        *,
+        fresh: bool = False,
     ) -> Claim:
+        oa = delivery.official_account or ""
+        keys = delivery.msg_keys
+        scope = (delivery.sdk_app_id, oa)
+        if fresh and keys:
+            # A new delivery's messages are almost always new too: insert them claimed, and
+            # read the kept states only when some already existed.
+            lease_until = now + lease_seconds
+            rows = [(delivery.sdk_app_id, oa, key, delivery.id, lease_until, now) for key in keys]
+            if len(rows) == 1:
+                inserted = conn.execute(_INSERT_CLAIMED, rows[0]).rowcount
+            else:
+                inserted = conn.executemany(_INSERT_CLAIMED, rows).rowcount
+            if inserted == len(keys):
+                new = dict.fromkeys(keys, frozenset[str]())
+                return Claim(owned=new, receivers_ok=receivers_ok, scope=scope)
         owned: dict[str, frozenset[str]] = {}
         done: list[str] = []
         busy: list[str] = []
-        oa = delivery.official_account or ""
-        states = _message_states(conn, delivery.sdk_app_id, oa, delivery.msg_keys)
+        states = _message_states(conn, delivery.sdk_app_id, oa, keys)
         claimed = []
-        for key in delivery.msg_keys:
+        for key in keys:
             state = states.get(key)
             if state is None:
                 state = states[key] = MessageState()
@@ -289,7 +381,9 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 claimed,
             )
-        return Claim(owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=receivers_ok)
+        return Claim(
+            owned=owned, done=tuple(done), busy=tuple(busy), receivers_ok=receivers_ok, scope=scope
+        )
 
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one transaction."""
@@ -315,7 +409,7 @@ class SQLiteStore:
                     now + lease_seconds,
                 ),
             )
-            return self._claim(conn, delivery, frozenset(), now, lease_seconds)
+            return self._claim(conn, delivery, frozenset(), now, lease_seconds, fresh=True)
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay."""
@@ -347,9 +441,43 @@ class SQLiteStore:
             return kept, self._claim(conn, kept, ok, now, lease_seconds)
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
-        """Record ``outcome`` and release the claims in one transaction."""
+        """Record ``outcome`` and release the claims in one transaction.
+
+        Usually two statements: each owned message is released only if this delivery still
+        owns it with the receivers it had when claimed, and the delivery is updated only if no
+        attempt recorded receivers before; otherwise (a lost lease, a replay) the kept states
+        are read and merged, which is idempotent over what the first statements did.
+        """
         now = time.time()
+        receivers = json.dumps(dict(outcome.receivers)) if outcome.receivers else "{}"
         with self._write() as conn:
+            keys = tuple(claim.owned)
+            if keys and claim.scope is not None:
+                app_id, oa = claim.scope
+                rows = [
+                    (
+                        int(key not in outcome.failed),
+                        _names_json(claim.owned[key] | outcome.succeeded.get(key, frozenset())),
+                        now,
+                        app_id,
+                        oa,
+                        key,
+                        delivery_id,
+                        _names_json(claim.owned[key]),
+                    )
+                    for key in keys
+                ]
+                if len(rows) == 1:
+                    released = conn.execute(_RELEASE_OWNED, rows[0]).rowcount
+                else:
+                    released = conn.executemany(_RELEASE_OWNED, rows).rowcount
+                if released == len(keys):
+                    keys = ()
+            updated = conn.execute(
+                _FINISH_FIRST_ATTEMPT, (outcome.status, receivers, outcome.error, now, delivery_id)
+            ).rowcount
+            if updated and not keys:
+                return
             row = conn.execute(
                 "SELECT sdk_app_id, official_account, receivers FROM oa_recall_deliveries"
                 " WHERE id = ?",
@@ -357,41 +485,50 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise StoreError(f"delivery {delivery_id} vanished from the store")
-            app_id, oa, receivers = row
-            keys = tuple(claim.owned)
-            states = _message_states(conn, app_id, oa or "", keys)
-            released = []
-            for key in keys:
-                state = states.get(key) or MessageState()
-                release(
-                    state,
-                    delivery_id,
-                    outcome.succeeded.get(key, frozenset()),
-                    key in outcome.failed,
+            app_id, oa, kept_receivers = row
+            if keys:
+                self._release(conn, delivery_id, app_id, oa or "", keys, outcome, now)
+            if not updated:
+                merged = merge_receivers(json.loads(kept_receivers), dict(outcome.receivers))
+                conn.execute(
+                    "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
+                    " updated_at = ?, lease_until = 0 WHERE id = ?",
+                    (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
                 )
-                released.append(
-                    (
-                        app_id,
-                        oa or "",
-                        key,
-                        int(state.done),
-                        state.owner,
-                        state.lease_until,
-                        _names_json(state.receivers_done),
-                        now,
-                    )
-                )
-            if released:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    released,
-                )
-            merged = merge_receivers(json.loads(receivers), dict(outcome.receivers))
-            conn.execute(
-                "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
-                " updated_at = ?, lease_until = 0 WHERE id = ?",
-                (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
+
+    @staticmethod
+    def _release(
+        conn: sqlite3.Connection,
+        delivery_id: str,
+        app_id: int,
+        oa: str,
+        keys: Sequence[str],
+        outcome: Outcome,
+        now: float,
+    ) -> None:
+        """Apply ``outcome`` to the kept states of ``keys`` (logic.release, read and rewrite)."""
+        states = _message_states(conn, app_id, oa, keys)
+        released = []
+        for key in keys:
+            state = states.get(key) or MessageState()
+            release(
+                state, delivery_id, outcome.succeeded.get(key, frozenset()), key in outcome.failed
             )
+            released.append(
+                (
+                    app_id,
+                    oa,
+                    key,
+                    int(state.done),
+                    state.owner,
+                    state.lease_until,
+                    _names_json(state.receivers_done),
+                    now,
+                )
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO oa_recall_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", released
+        )
 
     def get(self, delivery_id: str) -> Delivery | None:
         """One delivery, or ``None``."""
