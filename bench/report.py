@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from . import inproc
+from . import inproc, rss
 from .setups import LATENCY_CONNECTIONS, LATENCY_TARGET_MS
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def render(
     points: Sequence[inproc.Point],
     inproc_floor_us: float,
     generator: str,
+    rss_points: Sequence[rss.RssPoint] = (),
     rounds: int,
     duration: float,
     connections: int,
@@ -152,9 +153,32 @@ def render(
             )
         out.append("")
 
+    if rss_points:
+        out += _rss_table(rss_points)
     if points:
         out += _inproc_tables(points, inproc_floor_us)
     return "\n".join(out)
+
+
+def _rss_table(points: Sequence[rss.RssPoint]) -> list[str]:
+    out = [
+        "## Peak memory of a worker over many callbacks",
+        "",
+        "A fresh gunicorn (one sync worker) per store, signed callbacks with unique MsgKeys;"
+        " the worker's `VmHWM` after the first callbacks and after all of them.",
+        "",
+        "| Store | callbacks | peak RSS MiB | callbacks | peak RSS MiB | growth MiB | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in points:
+        growth = p.growth_mib
+        met = _met(growth, rss.RSS_TARGET_MIB, higher_is_better=False)
+        out.append(
+            f"| {p.store} | {p.first_requests} | {p.first_kib / 1024:.1f} | {p.total_requests} |"
+            f" {p.total_kib / 1024:.1f} | {growth:.1f} | ≤ {rss.RSS_TARGET_MIB:g} MiB {met} |"
+        )
+    out.append("")
+    return out
 
 
 def _target(value: float | None, target: float | None) -> str:

@@ -13,11 +13,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import inproc
+from . import inproc, rss
 from . import postgres as bench_postgres
 from .apps import OK_BODY
 from .load import LoadResult, have_wrk, run_load
@@ -98,6 +98,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis set-ups")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL set-ups")
     parser.add_argument("--no-inproc", action="store_true", help="skip in-process measurements")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS runs")
+    parser.add_argument(
+        "--rss-callbacks",
+        type=int,
+        help="callbacks per store in the peak-RSS runs (default 100000; --quick 3000)",
+    )
     parser.add_argument(
         "--inproc-keys",
         default="1,10,100,1000",
@@ -116,6 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
     args.inproc_requests = args.inproc_requests or (300 if args.quick else 2000)
+    args.rss_callbacks = args.rss_callbacks or (3000 if args.quick else 100_000)
     return args
 
 
@@ -230,6 +237,49 @@ def measure(
     used = server.cpu_seconds() - before
     server.check_workers()
     return Sample(setup.slug, round_, connections, load, used)
+
+
+def measure_rss(
+    stores: Sequence[str],
+    redis_prefix: str,
+    *,
+    generator: str,
+    total: int,
+    server_cpus: set[int] | None,
+    load_cpus: set[int] | None,
+    log: Callable[[str], None],
+) -> list[rss.RssPoint]:
+    """Peak RSS of a fresh worker per store after about 1,000 and after ``total`` callbacks."""
+    points = []
+    with tempfile.TemporaryDirectory(prefix="oa-recall-bench-rss-") as tmp:
+        for store in stores:
+            setup = Setup(f"rss-{store}", f"peak RSS, {store}", store)
+            server = GunicornServer(
+                setup.slug,
+                server_env(setup, Path(tmp), redis_prefix),
+                cpus=server_cpus,
+                log_dir=Path(tmp),
+            )
+            try:
+                server.wait_ready()
+                warm_up(server, Traffic(), requests=20)
+                points.append(
+                    rss.measure(
+                        store,
+                        server,
+                        generator=generator,
+                        first=min(1000, total),
+                        total=total,
+                        load_cpus=load_cpus,
+                        progress=log,
+                    )
+                )
+                server.check_workers()
+            finally:
+                server.stop()
+                if store == "redis":
+                    clean_redis(redis_prefix)
+    return points
 
 
 def round_order(setups: Sequence[Setup], round_: int) -> list[Setup]:
@@ -366,6 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_postgres.drop_schema()
     served_seconds = time.monotonic() - started
 
+    rss_points: list[rss.RssPoint] = []
+    if not args.no_rss:
+        stores = sorted({s.store for s in setups if s.store and not s.is_floor})
+        rss_points = measure_rss(
+            stores, redis_prefix, generator=generator, total=args.rss_callbacks,
+            server_cpus=server_cpus, load_cpus=load_cpus, log=log,
+        )  # fmt: skip
+
     points: list[inproc.Point] = []
     floor_us = 0.0
     if not args.no_inproc:
@@ -399,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_rows=list(latency_rows.values()) if latency_setup else [],
         points=points,
         inproc_floor_us=floor_us,
+        rss_points=rss_points,
         generator=generator,
         rounds=args.rounds,
         duration=args.duration,
@@ -425,12 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for slug, row in rows.items()
                     },
                     "inproc": [asdict(p) for p in points],
+                    "rss": [asdict(p) for p in rss_points],
                 },
                 indent=1,
             )
         )
-    errors = sum(row.errors for row in rows.values()) + sum(
-        row.errors for row in latency_rows.values()
+    errors = (
+        sum(row.errors for row in rows.values())
+        + sum(row.errors for row in latency_rows.values())
+        + sum(p.errors for p in rss_points)
     )
     if errors:
         log(f"{errors} requests did not get the OK envelope")

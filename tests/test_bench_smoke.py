@@ -62,8 +62,10 @@ def run_bench(tmp_path: Path, only: str, *extra: str) -> str:
 @pytest.mark.e2e
 def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path) -> None:
     text = run_bench(
-        tmp_path, "memory-signed-1,sqlite-signed-1", "--generator", "python", "--duration", "0.3"
-    )
+        tmp_path,
+        "memory-signed-1,sqlite-signed-1",
+        "--generator", "python", "--duration", "0.3", "--no-rss",
+    )  # fmt: skip
     for row in EXPECTED_ROWS:
         assert row in text
     assert "hand/ext" in text
@@ -80,11 +82,14 @@ def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path)
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_bench_with_wrk_writes_the_server_table(tmp_path: Path) -> None:
     text = run_bench(
-        tmp_path, "memory-signed-1", "--generator", "wrk", "--duration", "1", "--no-inproc"
-    )
+        tmp_path, "memory-signed-1", "--generator", "wrk", "--duration", "1", "--no-inproc",
+        "--rss-callbacks", "500",
+    )  # fmt: skip
     for row in (*EXPECTED_ROWS[:2], EXPECTED_ROWS[3]):
         assert row in text
     assert "Load generator: wrk" in text
+    assert "## Peak memory of a worker over many callbacks" in text
+    assert "| memory | " in text.split("## Peak memory")[1]
 
 
 @pytest.mark.redis
