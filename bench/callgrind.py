@@ -121,11 +121,23 @@ def count(route: str, callbacks: int, warm_up: int, workdir: Path, store: str = 
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
     out_file = workdir / f"callgrind.{route}.out"
     command = [
-        valgrind, "--tool=callgrind", "--collect-atstart=no",
-        "--toggle-collect=functools_reduce", f"--callgrind-out-file={out_file}",
-        sys.executable, "-m", "bench.callgrind", "--child", route,
-        "--callbacks", str(callbacks), "--warm-up", str(warm_up), "--store", store,
-    ]  # fmt: skip
+        valgrind,
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=functools_reduce",
+        f"--callgrind-out-file={out_file}",
+        sys.executable,
+        "-m",
+        "bench.callgrind",
+        "--child",
+        route,
+        "--callbacks",
+        str(callbacks),
+        "--warm-up",
+        str(warm_up),
+        "--store",
+        store,
+    ]
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
         command, cwd=HERE.parent, env=env, capture_output=True, text=True, check=False

@@ -420,9 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_rss:
         stores = sorted({s.store for s in setups if s.store and not s.is_floor})
         rss_points = measure_rss(
-            stores, redis_prefix, generator=generator, total=args.rss_callbacks,
-            server_cpus=server_cpus, load_cpus=load_cpus, log=log,
-        )  # fmt: skip
+            stores,
+            redis_prefix,
+            generator=generator,
+            total=args.rss_callbacks,
+            server_cpus=server_cpus,
+            load_cpus=load_cpus,
+            log=log,
+        )
 
     points: list[inproc.Point] = []
     floor_us = 0.0

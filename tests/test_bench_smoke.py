@@ -64,8 +64,12 @@ def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path)
     text = run_bench(
         tmp_path,
         "memory-signed-1,sqlite-signed-1",
-        "--generator", "python", "--duration", "0.3", "--no-rss",
-    )  # fmt: skip
+        "--generator",
+        "python",
+        "--duration",
+        "0.3",
+        "--no-rss",
+    )
     for row in EXPECTED_ROWS:
         assert row in text
     assert "hand/ext" in text
@@ -82,9 +86,16 @@ def test_bench_with_the_python_load_generator_writes_every_table(tmp_path: Path)
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_bench_with_wrk_writes_the_server_table(tmp_path: Path) -> None:
     text = run_bench(
-        tmp_path, "memory-signed-1", "--generator", "wrk", "--duration", "1", "--no-inproc",
-        "--rss-callbacks", "500",
-    )  # fmt: skip
+        tmp_path,
+        "memory-signed-1",
+        "--generator",
+        "wrk",
+        "--duration",
+        "1",
+        "--no-inproc",
+        "--rss-callbacks",
+        "500",
+    )
     for row in (*EXPECTED_ROWS[:2], EXPECTED_ROWS[3]):
         assert row in text
     assert "Load generator: wrk" in text

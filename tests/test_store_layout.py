@@ -132,7 +132,7 @@ def make_layout_1(path: Path) -> dict[str, str]:
         "done": ("done", 10.0, '{"messages_recalled:a": "ok"}', "m1", 1, None, '["m_r:a"]'),
         "failed": ("failed", 20.0, '{"messages_recalled:a": "failed"}', "m2", 0, None, "[]"),
         "pending": ("pending", 30.0, "{}", "m3", 0, "pending-id", "[]"),
-    }  # fmt: skip
+    }
     ids = {}
     for name, (status, at, receivers, key, done, owner, names) in rows.items():
         ids[name] = delivery_id = f"{int(at * 1000):012x}{name}"
@@ -141,9 +141,17 @@ def make_layout_1(path: Path) -> dict[str, str]:
         conn.execute(
             "INSERT INTO oa_recall_deliveries VALUES (?, ?, ?, 1400000000, ?, '{}', '{}', ?, ?,"
             " ?, 1, ?, NULL, 0)",
-            (delivery_id, at, at, "OfficialAccount.CallbackAfterMsgWithDraw", "@TOA#_x",
-             json.dumps([key]), status, receivers),
-        )  # fmt: skip
+            (
+                delivery_id,
+                at,
+                at,
+                "OfficialAccount.CallbackAfterMsgWithDraw",
+                "@TOA#_x",
+                json.dumps([key]),
+                status,
+                receivers,
+            ),
+        )
         conn.execute(
             "INSERT INTO oa_recall_messages VALUES (1400000000, '@TOA#_x', ?, ?, ?, 0, ?, ?)",
             (key, done, owner, names, at),
