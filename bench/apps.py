@@ -75,8 +75,6 @@ def create_extension(
     app.config["OA_RECALL_TOKENS"] = [TOKEN] if signed else []
     app.config["OA_RECALL_STORE"] = store or None
     app.config["OA_RECALL_PATH"] = PATH
-    # Unsigned set-ups log one warning at start-up; keep the benchmark's output quiet.
-    logging.getLogger("flask_oa_recall").setLevel(logging.ERROR)
     (extension or OARecall()).init_app(app)
     # Receivers must outlive this function: blinker holds them weakly unless told otherwise.
     app.extensions["bench_receivers"] = kept = [_noop_receiver(i) for i in range(receivers)]
@@ -245,6 +243,16 @@ FACTORIES: dict[str, Callable[[AppOptions], Flask]] = {
 }
 
 
+def quiet() -> None:
+    """Unsigned set-ups log a warning at start-up: keep a benchmark process's output quiet.
+
+    Only in the benchmark's own processes, never on import: it would silence the package's
+    warnings in a test run that imports these apps.
+    """
+    logging.getLogger("flask_oa_recall").setLevel(logging.ERROR)
+
+
 def create_app() -> Flask:
     """The app that ``BENCH_*`` environment variables describe (gunicorn's entry point)."""
+    quiet()
     return FACTORIES[os.environ.get("BENCH_APP", "floor")](AppOptions.from_environ())

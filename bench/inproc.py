@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
-from .apps import create_extension, create_floor
+from .apps import create_extension, create_floor, quiet
 from .payloads import Traffic, body, target
 
 KEY_COUNTS = (1, 10, 100, 1000)
@@ -99,6 +99,7 @@ def measure(
     ``redis_url`` is the store URL (with its own ``?prefix=``) of the ``redis`` store, and
     ``postgres_url`` (with its own ``?schema=``) that of the ``postgres`` store.
     """
+    quiet()
     points: list[Point] = []
     key_counts = tuple(key_counts)
     receiver_counts = tuple(receiver_counts)

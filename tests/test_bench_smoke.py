@@ -196,3 +196,42 @@ def test_the_decider_row_sends_a_before_send_that_its_decider_answers(tmp_path: 
         "ErrorCode": 1,
         "ErrorInfo": "Blocked by moderation.",
     }
+
+
+@pytest.mark.parametrize(
+    ("measured", "status"),
+    [(0.70, 0), (0.68, 0), (0.67, 1), (0.50, 1)],
+    ids=["same", "inside-margin", "fell-back", "far-back"],
+)
+def test_the_callgrind_guard_fails_only_when_the_ratio_falls_back_past_the_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measured: float, status: int
+) -> None:
+    import json
+
+    from bench import callgrind
+
+    baseline = tmp_path / "callgrind.json"
+    baseline.write_text(json.dumps({"ratio": 0.70, "margin": 0.03}))
+    figures = {
+        "store": "sqlite",
+        "callbacks": 10,
+        "warm_up": 1,
+        "extension_per_callback": 100,
+        "handwritten_per_callback": round(measured * 100),
+        "ratio": measured,
+    }
+    monkeypatch.setattr(callgrind, "measure", lambda *args: figures)
+    said: list[str] = []
+    assert callgrind.main(["--check", "--baseline", str(baseline)], out=said.append) == status
+    assert ("FELL BACK" in said[-1]) == bool(status)
+
+
+def test_the_callgrind_total_is_read_from_the_output_file(tmp_path: Path) -> None:
+    from bench import callgrind
+
+    out = tmp_path / "callgrind.out"
+    out.write_text("version: 1\nevents: Ir\nfn=(1) main\n0 5\nsummary: 123456\ntotals: 123456\n")
+    assert callgrind._total(out) == 123456
+    out.write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no instruction total"):
+        callgrind._total(out)
