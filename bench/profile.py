@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import itertools
 import pstats
 import secrets
 import tempfile
+import time
 from collections.abc import Sequence
 
 from . import inproc
 from .apps import create_extension, create_floor
+from .callgrind import FIXED_NOW
 from .payloads import Traffic, body, target
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -48,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             app = create_extension(
                 store=store, signed=traffic.signed, receivers=args.receivers, instance_path=tmp
             )
-        environ = inproc._environ(target(traffic))
+        # A clock held near one instant: on a busy machine the run may outlast the 60 s window
+        # of a Sign made at its start.
+        ticks = itertools.count()
+        time.time = lambda: FIXED_NOW + next(ticks) * 0.001
+        environ = inproc._environ(target(traffic, now=FIXED_NOW))
         bodies = [body(traffic, "warm", n) for n in range(200)]
         for data in bodies:
             inproc.call(app, environ, data)

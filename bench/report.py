@@ -43,7 +43,7 @@ class Machine:
         except OSError:
             pass
         versions = {}
-        for dist in ("flask", "werkzeug", "gunicorn", "marshmallow", "blinker", "redis"):
+        for dist in ("flask", "werkzeug", "gunicorn", "marshmallow", "blinker", "redis", "hiredis"):
             try:
                 versions[dist] = metadata.version(dist)
             except metadata.PackageNotFoundError:
