@@ -118,6 +118,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=HERE / "RESULTS.md", help="where to write the table"
     )
     parser.add_argument("--json", type=Path, help="also write the raw samples as JSON here")
+    parser.add_argument(
+        "--note", action="append", default=[], help="a line for RESULTS.md (e.g. what else ran)"
+    )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
@@ -297,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_cpus, load_cpus = choose_cpus()
     pin(load_cpus)
 
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     setups = list(SETUPS)
     if args.only:
         wanted = {s.strip() for s in args.only.split(",") if s.strip()}
