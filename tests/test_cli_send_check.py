@@ -15,6 +15,7 @@ from flask import Flask
 
 from flask_oa_recall import RecallEvent, create_blueprint, messages_recalled
 from flask_oa_recall.cli.check import run_checks
+from flask_oa_recall.store import SQLiteStore
 from flask_oa_recall.testing import after_send_msg_body
 from tests.servers import GunicornServer, gunicorn_server, run_flask
 
@@ -90,7 +91,8 @@ def test_check_passes_a_production_configuration(live_app: Flask, tmp_path: Path
     assert text["sdkappid"] == f"OA_RECALL_SDKAPPID = {SDK_APP_ID}"
     assert text["tokens"] == f"1 for SdkAppid {SDK_APP_ID}"
     assert text["store"] == f"sqlite:///{tmp_path}/deliveries.sqlite3 (read and written)"
-    assert text["layout"] == "version 1 (this flask-oa-recall reads and writes 1)"
+    version = SQLiteStore.layout_version
+    assert text["layout"] == f"version {version} (this flask-oa-recall reads and writes {version})"
     assert text["receivers"] == "messages_recalled: tests.test_cli_send_check.hide"
     assert text["route"].startswith("POST /tencent-im/callback ")
     assert result.output.splitlines()[-1] == "11 ok, 0 warnings, 0 failures"
