@@ -12,6 +12,7 @@ from .errors import ConfigError, ConfigTypeError, MissingConfig
 __all__ = [
     "DECISION_FALLBACKS",
     "DEFAULTS",
+    "DEFAULT_JOURNAL_NAME",
     "DISPATCH_MODES",
     "KEEP_ALL",
     "TENCENT_TIMEOUT_SECONDS",
@@ -50,7 +51,11 @@ DEFAULTS: Mapping[str, Any] = {
     "OA_RECALL_DECISION_THREADS": 8,
     "OA_RECALL_KEEP_COMMANDS": [],
     "OA_RECALL_SKIP_COMMANDS": [],
+    "OA_RECALL_JOURNAL": False,
 }
+
+#: The journal's file in the instance folder when ``OA_RECALL_JOURNAL = True``.
+DEFAULT_JOURNAL_NAME = "oa_recall_journal.sqlite3"
 
 _KEYS = ("OA_RECALL_SDKAPPID", *DEFAULTS)
 
@@ -73,6 +78,8 @@ class Settings:
     decision_threads: int
     keep_commands: frozenset[str] = frozenset()
     skip_commands: frozenset[str] = frozenset()
+    journal: str | None = None
+    """The journal's path (relative to the instance folder unless absolute), or ``None``."""
 
     def keeps(self, command: str, listened: bool) -> bool:
         """The keep policy: is a callback of ``command`` written to the store?
@@ -242,6 +249,16 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
             f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.",
         )
     keep_commands, skip_commands = _keep_policy(config)
+    journal = config.get("OA_RECALL_JOURNAL", DEFAULTS["OA_RECALL_JOURNAL"])
+    if journal is True:
+        journal = DEFAULT_JOURNAL_NAME
+    elif journal is False or journal is None:
+        journal = None
+    elif not isinstance(journal, str) or not journal:
+        raise ConfigError(
+            "OA_RECALL_JOURNAL",
+            f"OA_RECALL_JOURNAL must be True, False or the journal file's path, got {journal!r}.",
+        )
     return Settings(
         sdk_app_ids=sdk_app_ids,
         tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),
@@ -265,6 +282,7 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         decision_threads=threads,
         keep_commands=keep_commands,
         skip_commands=skip_commands,
+        journal=journal,
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "official_account_destroyed",
     "receiver_failed",
     "store_failed",
+    "store_forgot",
     "subscriber_limit_reached",
     "subscribers_added",
     "subscribers_deleted",
@@ -146,4 +147,16 @@ receiver here never delays it.
 :param exception: what the decider raised; a :class:`~flask_oa_recall.DecisionTimeout` when it
     ran out of time, a :class:`~flask_oa_recall.DecidersBusy` when no thread was free.
 :param delivery_id: the callback's delivery id.
+"""
+
+store_forgot = _signals.signal("oa-recall.store-forgot")
+"""The delivery store forgot what it held (for instance Redis restarted without persistence):
+failed and interrupted deliveries kept there are gone, unless ``OA_RECALL_JOURNAL`` kept them
+on this host too. Sent once per process when it notices; alert on it.
+
+:param sender: the Flask app.
+:param store_url: the store's URL, without password.
+:param detail: what was found, in a sentence.
+:param journalled: how many unfinished deliveries this host's journal holds (``replay``
+    brings back those the store lost), or ``None`` without a journal.
 """

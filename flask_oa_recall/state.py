@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,11 @@ from flask import Flask
 
 from .config import DEFAULTS, Settings, SettingsCache
 from .deciders import Decider, DeciderPool
-from .errors import NotSetUp
+from .durability import ForgetReport, ForgetWatch, Marked, warn_if_forgetful
+from .errors import NotSetUp, StoreError
+from .guarded import GuardedStore
+from .journal import Journal
+from .signals import store_forgot
 from .store import Store, open_store
 
 __all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "setup_app"]
@@ -30,6 +35,7 @@ class OARecallState:
         self.instance_path = app.instance_path
         self.callback_endpoints: set[str] = set()
         """The endpoints of the callback view, one per registration of the blueprint."""
+        self._app = weakref.ref(app)
         self._settings = SettingsCache()
         self._stores: dict[str | None, Store] = {}
         self._lock = threading.Lock()
@@ -56,7 +62,9 @@ class OARecallState:
             with self._lock:
                 store = self._stores.get(settings.store_url)
                 if store is None:
-                    store = open_store(settings.store_url, self.instance_path)
+                    store = self._guard(
+                        open_store(settings.store_url, self.instance_path), settings
+                    )
                     self._stores[settings.store_url] = store
         return store
 
@@ -73,6 +81,73 @@ class OARecallState:
                         pool.shutdown()
                     pool = self._pool = DeciderPool(size)
         return pool
+
+    def _guard(self, store: Store, settings: Settings) -> Store:
+        """Watch a store that can forget; back it with the journal if configured."""
+        journal = None
+        if settings.journal is not None:
+            journal = Journal(os.path.join(self.instance_path, settings.journal), store.url)
+        watch = None
+        if isinstance(store, Marked):
+            remembered = None
+            if journal is not None:
+                try:
+                    remembered = journal.marker()
+                except StoreError as err:
+                    logger.error("%s", err)
+            watch = ForgetWatch(
+                store,
+                lambda report: self._forgot(report, journal),
+                remembered=remembered,
+                remember=journal.remember if journal is not None else None,
+            )
+        if watch is None and journal is None:
+            return store
+        return GuardedStore(store, watch=watch, journal=journal)
+
+    def _forgot(self, report: ForgetReport, journal: Journal | None) -> None:
+        journalled = None
+        if journal is not None:
+            try:
+                journalled = len(journal.entries())
+            except StoreError as err:
+                logger.error("%s", err)
+        if journalled is None:
+            advice = (
+                "What it held is LOST. Turn on persistence (Redis: appendonly yes), or set"
+                " OA_RECALL_JOURNAL = True so that each host keeps its unfinished deliveries too."
+            )
+        else:
+            advice = (
+                f"This host's journal holds {journalled} unfinished deliveries: run"
+                " 'flask oa-recall replay --failed --pending' on every host to bring back and"
+                " dispatch the ones the store lost."
+            )
+        logger.error("The delivery store forgot: %s. %s", report.describe(), advice)
+        app = self._app()
+        if app is None:  # pragma: no cover - the app is gone, nobody to tell
+            return
+        try:
+            store_forgot.send(
+                app,
+                _async_wrapper=app.ensure_sync,
+                store_url=report.store_url,
+                detail=report.describe(),
+                journalled=journalled,
+            )
+        except Exception:
+            logger.exception("a receiver of store_forgot raised; ignored")
+
+    def check_store(self, settings: Settings) -> None:
+        """At start-up: warn if the store may forget, and read (or write) its marker."""
+        store = self.store(settings)
+        if not isinstance(store, GuardedStore) or store.watch is None:
+            return
+        try:
+            warn_if_forgetful(store.watch.store, journal=store.journal is not None)
+        except StoreError as err:  # the request path reports an unreachable store
+            logger.debug("cannot read the store's persistence at start-up: %s", err)
+        store.watch.check()
 
     def close(self) -> None:
         """Close every store this state opened."""
@@ -111,6 +186,7 @@ def setup_app(app: Flask) -> OARecallState:
     state = OARecallState(app)
     settings = state.settings(app.config)
     state.store(settings)  # an unknown OA_RECALL_STORE fails here, at start-up
+    state.check_store(settings)
     app.extensions[EXTENSION_KEY] = state
     return state
 

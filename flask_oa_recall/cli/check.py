@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import click
 from flask import Flask, current_app
@@ -11,8 +12,9 @@ from flask.cli import with_appcontext
 
 from ..config import KEEP_ALL, TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import named_receivers
-from ..errors import LayoutError
+from ..errors import LayoutError, StoreError
 from ..events import RECALL_COMMAND
+from ..guarded import GuardedStore
 from ..kinds import KINDS
 from ..payloads import callback_rules
 from ..signals import callback_received, messages_recalled
@@ -147,6 +149,8 @@ def _store(app: Flask, settings: Settings) -> Iterator[Finding]:
     else:
         yield Finding(OK, "store", f"{shown} (read and written)")
     yield from _layout(store)
+    if isinstance(store, GuardedStore):
+        yield from _memory(store)
 
 
 def _store_failed(url: str, err: Exception) -> Finding:
@@ -180,6 +184,52 @@ def _layout(store: Store) -> Iterator[Finding]:
         yield Finding(
             OK, "layout", f"version {stored} (this flask-oa-recall reads and writes {supported})"
         )
+
+
+def _memory(store: GuardedStore) -> Iterator[Finding]:
+    """Does the store keep what it holds across a restart, has it forgotten, is it journalled?"""
+    journal = store.journal
+    if store.watch is not None:
+        persistence = store.watch.store.persistence()
+        if persistence.keeps:
+            yield Finding(OK, "durability", f"kept across restarts: {persistence.text}")
+        elif journal is not None:
+            yield Finding(
+                OK,
+                "durability",
+                f"{persistence.text}; failed and interrupted deliveries are journalled on this"
+                " host too (OA_RECALL_JOURNAL), but a restart still forgets which messages were"
+                " handled, so redeliveries after it run again",
+            )
+        else:
+            yield Finding(
+                WARN,
+                "durability",
+                f"{persistence.text}. Failed deliveries kept for replay would be LOST with a"
+                " restart: turn on persistence (Redis: appendonly yes) or set"
+                " OA_RECALL_JOURNAL = True.",
+            )
+        report = store.watch.check() or store.watch.last_report
+        if report is not None:
+            yield Finding(FAIL, "memory", f"{report.describe()}.")
+        elif store.watch.known is not None:
+            since = _utc(store.watch.known.created_at)
+            yield Finding(OK, "memory", f"the store remembers everything since {since}")
+    if journal is not None:
+        try:
+            count = len(journal.entries())
+        except StoreError as err:
+            yield Finding(FAIL, "journal", str(err))
+            return
+        yield Finding(
+            OK,
+            "journal",
+            f"{journal.path}: {_plural(count, 'unfinished delivery')} kept on this host",
+        )
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _receivers(app: Flask) -> Iterator[Finding]:
@@ -293,6 +343,8 @@ def run_checks(app: Flask) -> list[Finding]:
 
 
 def _plural(count: int, noun: str) -> str:
+    if count != 1 and noun.endswith("y"):
+        return f"{count} {noun[:-1]}ies"
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 

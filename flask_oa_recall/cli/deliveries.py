@@ -20,6 +20,7 @@ from ..config import Settings
 from ..delivery import prepare_replay, run
 from ..errors import DeliveryBusy, OARecallError, StoreError, UnknownDelivery
 from ..events import RECALL_COMMAND
+from ..guarded import GuardedStore
 from ..state import get_state
 from ..store import Delivery, DeliveryStatus, Store
 
@@ -238,6 +239,16 @@ def replay_command(failed: bool, pending: bool, ids: tuple[str, ...]) -> None:
     if not (failed or pending or ids):
         raise click.UsageError("name delivery IDs, or use --failed and/or --pending.")
     app, settings, store = _app_and_store()
+    if isinstance(store, GuardedStore) and store.journal is not None and (failed or pending):
+        try:
+            restored = store.restore(settings.lease_seconds)
+        except StoreError as err:
+            _fail(f"cannot bring back journalled deliveries: {err}")
+        if restored.brought_back:
+            click.echo(
+                f"Brought back {len(restored.brought_back)} deliveries the store had lost, from"
+                f" this host's journal ({store.journal.path}); replaying them as failed."
+            )
     chosen: list[str] = []
     in_flight = 0
     statuses = _statuses(failed, pending)

@@ -9,7 +9,9 @@ Redis Cluster hash tag, so every key of one store lives in one slot:
   whatever the Official_Account or MsgKey hold;
 - ``{P}:all`` and ``{P}:s:<status>``: sorted sets of delivery ids by ``received_at``;
 - ``{P}:mdone``: finished messages by ``updated_at``, for ``prune``;
-- ``{P}:ping``: written by ``ping``.
+- ``{P}:ping``: written by ``ping``;
+- ``{P}:marker``: written once, at the store's first use (an id, the time, the server's run
+  id); if it is gone, the store forgot what it held (see :mod:`flask_oa_recall.durability`).
 
 ``begin``, ``finish`` and ``resume`` are Lua scripts, so each is one atomic step on the server,
 and leases are judged by the Redis server's clock (``TIME``), the one clock every host shares.
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import secrets
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
@@ -34,6 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..durability import Marker, Persistence, redis_persistence
 from ..errors import ConfigError, StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .url import redact_url
@@ -268,6 +272,15 @@ return {deliveries, messages}
 """
 
 
+# KEYS: marker; ARGV: id, created_at, server run id. Written once, at the store's first use.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'run_id', ARGV[3])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
 def _score(value: float) -> str:
     """A float as Redis reads a score."""
     if math.isinf(value):
@@ -390,6 +403,8 @@ class RedisStore:
         self._resume = self._client.register_script(_RESUME)
         self._finish = self._client.register_script(_FINISH)
         self._prune = self._client.register_script(_PRUNE)
+        self._marker_key = f"{tag}:marker"
+        self._mark = self._client.register_script(_MARK)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where} prefix={self.prefix!r}>"
@@ -582,6 +597,42 @@ class RedisStore:
             _, found = pipe.execute()
         if found != token:
             raise StoreError(f"Redis store at {self._where} did not read back what it wrote.")
+
+    def persistence(self) -> Persistence:
+        """What this Redis keeps across a restart, read with ``CONFIG GET``.
+
+        ``keeps`` is ``None`` when the server refuses ``CONFIG`` (managed services often do).
+        """
+        try:
+            with self._errors("read its persistence settings"):
+                pipe = self._client.pipeline(transaction=False)
+                for name in ("appendonly", "save", "maxmemory", "maxmemory-policy"):
+                    pipe.config_get(name)
+                found: dict[str, str] = {}
+                for answer in pipe.execute():
+                    found.update(answer)
+        except StoreError as err:
+            return Persistence(None, f"unknown: the server does not say ({err})")
+        return redis_persistence(found)
+
+    def marker(self) -> Marker:
+        """The marker written at this store's first use; written now if missing."""
+        with self._errors("read its marker"):
+            try:
+                run_id = str(self._client.info("server").get("run_id", ""))
+            except redis.ResponseError:  # INFO renamed or not allowed: no run id, still a marker
+                run_id = ""
+            flat = self._mark(
+                keys=[self._marker_key],
+                args=[secrets.token_hex(8), repr(time.time()), run_id],
+            )
+        fields = _pairs(flat)
+        return Marker(
+            id=fields["id"],
+            created_at=float(fields["created_at"]),
+            run_id=fields.get("run_id", ""),
+            server_run_id=run_id,
+        )
 
     def close(self) -> None:
         """Disconnect this process's connections; the store reconnects if used again."""

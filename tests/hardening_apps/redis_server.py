@@ -1,8 +1,9 @@
 """A private ``redis-server`` on a free port, for outages: stopped and started by the test.
 
-The machine's shared Redis (6379) is never touched. The private server keeps its data in an
-append-only file in the test's own folder (``appendfsync always``, no RDB snapshots), so a
-restart brings back what it held, as a production Redis with persistence would.
+The machine's shared Redis (6379) is never touched. By default the private server keeps its data
+in an append-only file in the test's own folder (``appendfsync always``, no RDB snapshots), so a
+restart brings back what it held, as a production Redis with persistence would; with
+``persistent=False`` it keeps nothing on disk, and a restart forgets everything.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ def _answers(port: int) -> bool:
 class PrivateRedis:
     """One redis-server process of this test's own; :meth:`stop` and :meth:`start` at will."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, *, persistent: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.folder = folder
+        self.persistent = persistent
+        self.extra_args = extra_args
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -55,7 +60,8 @@ class PrivateRedis:
         assert binary, "redis-server is not installed"
         log = (self.folder / "redis.log").open("ab")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
+        args += ["--appendfsync", "always", *self.extra_args]
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -87,10 +93,12 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis(folder: Path) -> Iterator[PrivateRedis]:
+def private_redis(
+    folder: Path, *, persistent: bool = True, extra_args: tuple[str, ...] = ()
+) -> Iterator[PrivateRedis]:
     """A started :class:`PrivateRedis`; stopped on the way out, whatever happened."""
     folder.mkdir(parents=True, exist_ok=True)
-    server = PrivateRedis(folder)
+    server = PrivateRedis(folder, persistent=persistent, extra_args=extra_args)
     server.start()
     try:
         yield server
