@@ -186,7 +186,10 @@ class ForgetWatch:
             if self.known is None or self.known.id != marker.id:
                 self.known = marker
                 if self._remember is not None:
-                    self._remember(marker)
+                    try:
+                        self._remember(marker)
+                    except StoreError as err:
+                        logger.error("the store's marker could not be remembered: %s", err)
         if report is not None:
             self._on_forgot(report)
         return report

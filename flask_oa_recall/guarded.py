@@ -23,7 +23,7 @@ from .errors import StoreError
 from .journal import Journal
 from .store import Claim, Delivery, DeliveryStatus, NewDelivery, Outcome, Store
 
-__all__ = ["RESTORED_ERROR", "GuardedStore", "Restored"]
+__all__ = ["RESTORED_ERROR", "GuardedStore", "Restored", "unwrap"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class GuardedStore:
     ) -> None:
         self.inner = store
         self.url = store.url
+        #: The wrapped store's layout version (read it on the instance, not on the class).
+        self.layout_version = store.layout_version
         self.watch = watch
         self.journal = journal
 
@@ -63,8 +65,12 @@ class GuardedStore:
         return f"<GuardedStore {self.inner!r} journal={self.journal and self.journal.path!r}>"
 
     def __getattr__(self, name: str) -> Any:
-        # Whatever else the wrapped store offers (its layout version, say) stays reachable.
+        # Whatever else the wrapped store offers stays reachable.
         return getattr(self.inner, name)
+
+    def stored_layout_version(self) -> int | None:
+        """See :meth:`Store.stored_layout_version`."""
+        return self.inner.stored_layout_version()
 
     def _journal(self, what: str, call: Any, *args: Any) -> None:
         try:
@@ -174,3 +180,8 @@ class GuardedStore:
                 self.url,
             )
         return Restored(brought_back, dropped, in_flight)
+
+
+def unwrap(store: Store) -> Store:
+    """The store itself, without a :class:`GuardedStore` around it."""
+    return store.inner if isinstance(store, GuardedStore) else store

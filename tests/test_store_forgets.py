@@ -74,13 +74,12 @@ def persistent(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 def no_config(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A private Redis that refuses CONFIG, as managed services often do."""
+    """A private Redis whose user may not run CONFIG or INFO, as on managed services."""
     _need_redis_server()
     folder = tmp_path / "no-config"
-    with private_redis(
-        folder, persistent=False, extra_args=("--rename-command", "CONFIG", "")
-    ) as s:
-        yield s
+    args = ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-config", "-info")
+    with private_redis(folder, persistent=False, extra_args=args) as server:
+        yield server
 
 
 @pytest.fixture
@@ -192,13 +191,15 @@ def test_a_redis_that_refuses_config_is_unknown_and_not_warned_about_at_start_up
     with caplog.at_level(logging.WARNING, logger="flask_oa_recall"):
         app = make_app(store=no_config.url)
     assert [r for r in caplog.records if "may forget" in r.message] == []
-    persistence = guarded(app).inner.persistence()  # type: ignore[attr-defined]
+    persistence = guarded(app).persistence()  # the wrapper passes it to the Redis store
     assert isinstance(persistence, Persistence)
     assert persistence.keeps is None
     assert persistence.text.startswith("unknown")
     ((level, text),) = findings(app, "durability")
     assert level == "WARN"
     assert text.startswith("unknown")
+    marker = guarded(app).marker()
+    assert marker.server_run_id == ""  # no INFO: no run id, still a marker
     get_state(app).close()
 
 
@@ -316,15 +317,168 @@ def test_restore_leaves_in_flight_entries_and_drops_finished_ones(
     assert store.journal.entries() == []  # done: dropped at once
     from flask_oa_recall.store import NewDelivery
 
+    (done,) = store.deliveries()
+    store.journal.add(done)  # as if the drop had been missed: the store has it finished
     store.journal.add(NewDelivery("in-flight", time.time(), SDK_APP_ID, "X", {}, "{}"))
     restored = store.restore(lease_seconds=60)
-    assert (restored.brought_back, restored.in_flight) == ([], 1)
+    assert (restored.brought_back, restored.dropped, restored.in_flight) == ([], 1, 1)
     restored = store.restore(lease_seconds=0)
     assert restored.brought_back == ["in-flight"]
     kept = store.get("in-flight")
     assert kept is not None
     assert (kept.status, kept.last_error) == ("failed", RESTORED_ERROR)
+    restored = store.restore(lease_seconds=0)  # the store has it again, failed: left alone
+    assert (restored.brought_back, restored.dropped) == ([], 0)
+    assert [e.delivery.id for e in store.journal.entries()] == ["in-flight"]
     get_state(app).close()
+
+
+class FakeRedis:
+    """Just enough of a Marked store for :func:`warn_if_forgetful`."""
+
+    def __init__(self, url: str, keeps: bool | None) -> None:
+        self.url = url
+        self.keeps = keeps
+
+    def persistence(self) -> Persistence:
+        return Persistence(self.keeps, "as the test says")
+
+    def marker(self) -> durability.Marker:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("keeps", "journal", "says"),
+    [
+        (False, False, "would be LOST"),
+        (False, True, "OA_RECALL_JOURNAL is on"),
+        (True, False, None),
+        (None, False, None),
+    ],
+    ids=["forgets", "forgets-journalled", "keeps", "unknown"],
+)
+def test_the_start_up_warning_says_what_is_at_risk_once_per_store(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    keeps: bool | None,
+    journal: bool,
+    says: str | None,
+) -> None:
+    monkeypatch.setattr(durability, "_warned", set())
+    store = FakeRedis("redis://example.invalid:6379/0", keeps)
+    with caplog.at_level(logging.WARNING, logger="flask_oa_recall"):
+        durability.warn_if_forgetful(store, journal=journal)
+        durability.warn_if_forgetful(store, journal=journal)
+    messages = [r.message for r in caplog.records]
+    if says is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1
+        assert says in messages[0]
+        assert "redis://example.invalid:6379/0" in messages[0]
+
+
+def test_the_wrapper_passes_everything_else_to_the_store(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    from flask_oa_recall.guarded import unwrap
+
+    app = make_app(store="memory://", journal="journals/j.sqlite3")
+    store = guarded(app)
+    assert store.watch is None  # memory:// holds no marker; only the journal wraps it
+    assert store.journal is not None
+    assert store.journal.path == str(tmp_path / "instance" / "journals" / "j.sqlite3")
+    assert "journal=" in repr(store)
+    inner = unwrap(store)
+    assert unwrap(inner) is inner
+    assert store.layout_version == inner.layout_version
+    assert store.stored_layout_version() == inner.stored_layout_version()
+    store.ping()
+    assert store.prune(before=time.time()) == 0
+    assert GuardedStore(inner).restore(lease_seconds=1).brought_back == []
+    get_state(app).close()
+
+
+def test_a_delivery_the_store_could_not_keep_leaves_the_journal(
+    make_app: AppFactory, forgetful: PrivateRedis, check_always: None
+) -> None:
+    app = make_app(store=forgetful.url, journal=True)
+    store = guarded(app)
+    assert store.journal is not None
+    forgetful.stop()
+    response = post_callback(app.test_client(), app, msg_keys=["while-down"])
+    assert (response.status_code, json.loads(response.data)) == (200, OK)
+    assert store.journal.entries() == []
+    forgetful.start()
+    get_state(app).close()
+
+
+@pytest.fixture
+def broken_journal(tmp_path: Path) -> Path:
+    """A journal file whose tables are views, so that every read and write of them fails."""
+    import sqlite3
+
+    path = tmp_path / "instance" / "broken.sqlite3"
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE VIEW journal AS SELECT 1 AS x; CREATE VIEW markers AS SELECT 1 AS x;"
+    )
+    conn.close()
+    return path
+
+
+def test_a_broken_journal_is_reported_and_never_fails_a_callback(
+    make_app: AppFactory,
+    forgetful: PrivateRedis,
+    broken_journal: Path,
+    check_always: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heard: list[dict[str, Any]] = []
+
+    def on_forgot(sender: Flask, **kwargs: Any) -> None:
+        heard.append(kwargs)
+        raise RuntimeError("the pager is down")
+
+    with caplog.at_level(logging.ERROR, logger="flask_oa_recall"):
+        app = make_app(store=forgetful.url, journal=str(broken_journal))
+        client = app.test_client()
+        assert post_callback(client, app, msg_keys=["k"]).status_code == 200
+        restart(forgetful)
+        with store_forgot.connected_to(on_forgot, app):
+            assert post_callback(client, app, msg_keys=["k2"]).status_code == 200
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "could not be read" in text  # the remembered marker, at start-up
+    assert "could not be remembered" in text
+    assert "the journal could not keep delivery" in text
+    assert "a receiver of store_forgot raised; ignored" in text
+    assert [h["journalled"] for h in heard] == [None]
+    ((level, message),) = findings(app, "journal")
+    assert level == "FAIL"
+    assert "could not be read" in message
+    get_state(app).close()
+
+
+def test_a_journal_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
+    from flask_oa_recall import StoreError
+    from flask_oa_recall.journal import Journal
+
+    (tmp_path / "a-folder").mkdir()
+    with pytest.raises(StoreError, match="cannot be opened"):
+        Journal(str(tmp_path / "a-folder"), "memory://")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(0, "must be True, False or the journal file's path"), ("", "must be True")],
+    ids=["number", "empty-path"],
+)
+def test_a_bad_journal_setting_is_refused_at_start_up(
+    make_app: AppFactory, value: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_app(journal=value)
 
 
 # --- a bounded run under gunicorn, with a restart in the middle -------------------------------
