@@ -57,8 +57,9 @@ DELAY = 0.7  # seconds added to every byte host a sends the store: two round tri
 REDIS_PORT = 6379  # inside the store's own namespace, where nothing else listens
 RELAY_PORT = 6380
 APP_PORT = 8000
-# Seconds after the load starts: slow host a at SLOW, cut it at CUT, heal it at HEAL.
-SLOW, CUT, HEAL, END = 2.0, 6.0, 10.0, 12.0
+# Seconds after the load starts: slow host a at SLOW, cut it at CUT, heal it at HEAL. The slow
+# phase is long enough for a callback on a new connection (six round trips, 4.2 s) to end in it.
+SLOW, CUT, HEAL, END = 2.0, 8.0, 12.0, 14.0
 LOG_NOT_KEPT = re.compile(r"delivery (\w+) could not be kept")
 LOG_NOT_FINISHED = re.compile(r"delivery (\w+) could not be marked finished")
 
