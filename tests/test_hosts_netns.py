@@ -292,7 +292,9 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     assert [a for a in [*answers, *retries] if "status" not in a] == []
     for answer in answers:
         boom = any(k.startswith("boom-") for k in answer["keys"])
-        if answer["kept"] or not boom:
+        # What the host answers follows what it knew: a command it gave up on may still have
+        # reached Redis later (kept though logged "could not be kept"); it answered as unkept.
+        if answer["delivery"] not in not_kept[answer["host"]] or not boom:
             assert (answer["status"], answer["envelope"]) == (200, OK), answer
         else:  # store unreachable and a receiver failed: 503 so that Tencent may retry
             assert answer["status"] == 503, answer
@@ -301,7 +303,7 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     # The faults really happened: while cut, host a kept nothing new; while slow, it felt it.
     cut_answers = [a for a in by_phase[("a", "cut")] if a["start"] > t0 + CUT + 0.1]
     assert cut_answers
-    assert not any(a["kept"] for a in cut_answers)
+    assert all(a["delivery"] in not_kept["a"] for a in cut_answers)
     assert len(not_kept["a"]) >= len(cut_answers)
     slow_answers = [a for a in by_phase[("a", "slow")]
                     if t0 + SLOW + 0.2 < a["start"] and a["end"] < t0 + CUT]  # fmt: skip
