@@ -284,8 +284,8 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
         print(f"   after replay: {dict(Counter(d['status'] for d in kept.values()))}")
         twice = sorted(k for (r, k), n in done_kept.items() if n > 1)
         print(
-            f"   messages in kept deliveries dispatched more than once: {len(twice)}"
-            f" (all in deliveries replayed whole: {len(replayed_whole)})"
+            f"   (receiver, message) pairs of kept deliveries run more than once: {len(twice)}"
+            f" (deliveries replayed whole: {len(replayed_whole)})"
         )
 
     # Every request was answered, and with what the docs say.
