@@ -118,11 +118,18 @@ class Journal:
             " sdk_app_id, command, query, body, official_account, msg_keys)"
             " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                delivery.id, self.store_url, time.time(), delivery.received_at,
-                delivery.sdk_app_id, delivery.command, json.dumps(dict(delivery.query)),
-                delivery.body, delivery.official_account, json.dumps(list(delivery.msg_keys)),
+                delivery.id,
+                self.store_url,
+                time.time(),
+                delivery.received_at,
+                delivery.sdk_app_id,
+                delivery.command,
+                json.dumps(dict(delivery.query)),
+                delivery.body,
+                delivery.official_account,
+                json.dumps(list(delivery.msg_keys)),
             ),
-        )  # fmt: skip
+        )
 
     def fail(self, delivery_id: str, error: str | None) -> None:
         """Mark a journalled delivery failed (its receivers raised; replay runs them)."""
@@ -153,8 +160,13 @@ class Journal:
         return [
             JournalEntry(
                 delivery=NewDelivery(
-                    id=row[0], received_at=row[3], sdk_app_id=row[4], command=row[5],
-                    query=json.loads(row[6]), body=row[7], official_account=row[8],
+                    id=row[0],
+                    received_at=row[3],
+                    sdk_app_id=row[4],
+                    command=row[5],
+                    query=json.loads(row[6]),
+                    body=row[7],
+                    official_account=row[8],
                     msg_keys=tuple(json.loads(row[9])),
                 ),
                 state=row[1],
@@ -162,7 +174,7 @@ class Journal:
                 last_error=row[10],
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     def marker(self) -> Marker | None:
         """The store marker this host saw last, if any."""

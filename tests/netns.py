@@ -154,8 +154,22 @@ class VirtualNetwork:
                 ("back", "store", self._port_name(app), BACK_IPS[app]),
             ):
                 peer_ns = self.ns(peer_host)
-                _must(_ip("-n", ns, "link", "add", device, "type", "veth",
-                          "peer", "name", peer, "netns", peer_ns))  # fmt: skip
+                _must(
+                    _ip(
+                        "-n",
+                        ns,
+                        "link",
+                        "add",
+                        device,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        peer,
+                        "netns",
+                        peer_ns,
+                    )
+                )
                 _must(_ip("-n", peer_ns, "link", "set", peer, "master", "br0"))
                 _must(_ip("-n", peer_ns, "link", "set", peer, "up"))
                 _must(_ip("-n", ns, "addr", "add", f"{address}/{PREFIX_LENGTH}", "dev", device))

@@ -80,9 +80,13 @@ def network() -> Iterator[VirtualNetwork]:
         yield net
     finally:
         problems = net.destroy()
-        left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                          text=True, check=False).stdout.split()
-                if net.tag in n]  # fmt: skip
+        left = [
+            n
+            for n in subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if net.tag in n
+        ]
         assert not problems, f"teardown failed: {problems}"
         assert not left, f"teardown left namespaces: {left}"
 
@@ -138,41 +142,63 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     (tmp_path / "redis").mkdir()
     net.start(
         "store",
-        ["redis-server", "--bind", STORE_IP, "--port", str(REDIS_PORT), "--save", "",
-         "--appendonly", "no", "--protected-mode", "no", "--dir", str(tmp_path / "redis")],
-        env=root_env, log=tmp_path / "redis.log", cwd=tmp_path,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--bind",
+            STORE_IP,
+            "--port",
+            str(REDIS_PORT),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            str(tmp_path / "redis"),
+        ],
+        env=root_env,
+        log=tmp_path / "redis.log",
+        cwd=tmp_path,
+    )
     delay_file = tmp_path / "delay"
     net.start(
         "store",
         [*tools, "relay", f"{STORE_IP}:{RELAY_PORT}", f"{STORE_IP}:{REDIS_PORT}", str(delay_file)],
-        env=root_env, log=tmp_path / "relay.log", cwd=PROJECT_ROOT,
-    )  # fmt: skip
+        env=root_env,
+        log=tmp_path / "relay.log",
+        cwd=PROJECT_ROOT,
+    )
     for port in (REDIS_PORT, RELAY_PORT):
-        waited = net.run("b", [*tools, "wait", f"tcp://{STORE_IP}:{port}", "10"],
-                         env=root_env, cwd=PROJECT_ROOT)  # fmt: skip
+        waited = net.run(
+            "b", [*tools, "wait", f"tcp://{STORE_IP}:{port}", "10"], env=root_env, cwd=PROJECT_ROOT
+        )
         assert waited.returncode == 0, waited.stderr
 
     heal_file = tmp_path / "receiver-fixed"
     envs: dict[str, dict[str, str]] = {}
     for host, store_port in (("a", RELAY_PORT), ("b", REDIS_PORT)):
-        envs[host] = subprocess_env({
-            "BIND": f"{net.front_ip(host)}:{APP_PORT}",
-            "WEB_CONCURRENCY": "2",
-            "OA_RECALL_SDKAPPID": str(SDK_APP_ID),
-            "OA_RECALL_TOKENS": TOKEN,
-            "OA_RECALL_STORE": f"redis://{STORE_IP}:{store_port}/0",
-            "MIRROR_DATABASE": str(tmp_path / host / "mirror.sqlite3"),
-            "OA_TEST_HOST": host,
-            "OA_TEST_RECORD": str(tmp_path / f"record-{host}.txt"),
-            "OA_TEST_HEAL": str(heal_file),
-            "OA_TEST_LEASE_SECONDS": str(LEASE),
-        })  # fmt: skip
+        envs[host] = subprocess_env(
+            {
+                "BIND": f"{net.front_ip(host)}:{APP_PORT}",
+                "WEB_CONCURRENCY": "2",
+                "OA_RECALL_SDKAPPID": str(SDK_APP_ID),
+                "OA_RECALL_TOKENS": TOKEN,
+                "OA_RECALL_STORE": f"redis://{STORE_IP}:{store_port}/0",
+                "MIRROR_DATABASE": str(tmp_path / host / "mirror.sqlite3"),
+                "OA_TEST_HOST": host,
+                "OA_TEST_RECORD": str(tmp_path / f"record-{host}.txt"),
+                "OA_TEST_HEAL": str(heal_file),
+                "OA_TEST_LEASE_SECONDS": str(LEASE),
+            }
+        )
         net.start(
             host,
             python_command("gunicorn", "-c", "examples/gunicorn.conf.py", APP),
-            env=envs[host], log=tmp_path / f"gunicorn-{host}.log", cwd=PROJECT_ROOT,
-        )  # fmt: skip
+            env=envs[host],
+            log=tmp_path / f"gunicorn-{host}.log",
+            cwd=PROJECT_ROOT,
+        )
     for host in ("a", "b"):
         url = f"http://{net.front_ip(host)}:{APP_PORT}/messages"
         waited = net.run("client", [*tools, "wait", url, "30"], env=root_env, cwd=PROJECT_ROOT)
@@ -181,17 +207,24 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     jobs = _keys(900)
     spec = {
         "targets": {h: f"{net.front_ip(h)}:{APP_PORT}" for h in ("a", "b")},
-        "jobs": {"a": jobs, "b": jobs}, "threads": 2, "pace": 0.06, "timeout": 10,
-        "sdk_app_id": SDK_APP_ID, "token": TOKEN, "official_account": "@TOA#_netns",
-    }  # fmt: skip
+        "jobs": {"a": jobs, "b": jobs},
+        "threads": 2,
+        "pace": 0.06,
+        "timeout": 10,
+        "sdk_app_id": SDK_APP_ID,
+        "token": TOKEN,
+        "official_account": "@TOA#_netns",
+    }
     t0 = time.time() + 0.5
     spec["deadline"] = t0 + END
     (tmp_path / "load.json").write_text(json.dumps(spec))
     load = net.start(
         "client",
         [*tools, "load", str(tmp_path / "load.json"), str(tmp_path / "load.out")],
-        env=root_env, log=tmp_path / "load.log", cwd=PROJECT_ROOT,
-    )  # fmt: skip
+        env=root_env,
+        log=tmp_path / "load.log",
+        cwd=PROJECT_ROOT,
+    )
     time.sleep(max(0.0, t0 + SLOW - time.time()))
     delay_file.write_text(str(DELAY))
     time.sleep(max(0.0, t0 + CUT - time.time()))
@@ -213,17 +246,26 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     if retried_jobs:
         retry_spec = {**spec, "jobs": retried_jobs, "deadline": time.time() + 30}
         (tmp_path / "retry.json").write_text(json.dumps(retry_spec))
-        retried = net.run("client", [*tools, "load", str(tmp_path / "retry.json"),
-                                     str(tmp_path / "retry.out")],
-                          env=root_env, cwd=PROJECT_ROOT, timeout=60)  # fmt: skip
+        retried = net.run(
+            "client",
+            [*tools, "load", str(tmp_path / "retry.json"), str(tmp_path / "retry.out")],
+            env=root_env,
+            cwd=PROJECT_ROOT,
+            timeout=60,
+        )
         assert retried.returncode == 0, retried.stderr
         retries = json.loads((tmp_path / "retry.out").read_text())
     last = max(a["end"] for a in [*answers, *retries])
     time.sleep(max(0.0, last + LEASE + 0.5 - time.time()))  # the cut host's leases run out
 
     def flask(*args: str) -> subprocess.CompletedProcess[str]:
-        return net.run("b", python_command("flask", "--app", APP, "oa-recall", *args),
-                       env=envs["b"], cwd=PROJECT_ROOT, timeout=120)  # fmt: skip
+        return net.run(
+            "b",
+            python_command("flask", "--app", APP, "oa-recall", *args),
+            env=envs["b"],
+            cwd=PROJECT_ROOT,
+            timeout=120,
+        )
 
     replay = flask("replay", "--failed", "--pending")
     listed = flask("deliveries", "--json", "--limit", "100000")
@@ -255,8 +297,9 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     done = Counter((r, k) for w, r, _h, _d, k in records if w == "done")
     done_kept = Counter((r, k) for w, r, _h, d, k in records if w == "done" and d in kept)
     dispatched_unkept = {d for w, r, _h, d, _k in records if w == "done" and d not in kept}
-    accepted_keys = {k for a in [*answers, *retries] if a.get("status") in (200, 503)
-                     for k in a["keys"]}  # fmt: skip
+    accepted_keys = {
+        k for a in [*answers, *retries] if a.get("status") in (200, 503) for k in a["keys"]
+    }
     kept_keys: dict[str, list[str]] = defaultdict(list)
     for delivery in kept.values():
         for key in delivery["msg_keys"]:
@@ -264,18 +307,24 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
 
     with capsys.disabled():
         print("\n== several hosts (network namespaces), results")
-        print(f"   requests: {len(answers)} in {END:g} s, then {len(retries)} retries of 503s;"
-              f" {len(accepted_keys)} MsgKeys accepted; {len(kept)} deliveries kept")  # fmt: skip
+        print(
+            f"   requests: {len(answers)} in {END:g} s, then {len(retries)} retries of 503s;"
+            f" {len(accepted_keys)} MsgKeys accepted; {len(kept)} deliveries kept"
+        )
         for phase in ("before", "slow", "cut", "healed"):
             for host in ("a", "b"):
                 group = by_phase[(host, phase)]
                 statuses = Counter(str(a.get("status", a.get("error"))) for a in group)
                 unkept = sum(not a["kept"] for a in group)
-                print(f"   {phase:<7} host {host}: {len(group):3d} answered {dict(statuses)},"
-                      f" not kept {unkept}; {_latencies(group)}")  # fmt: skip
-        print(f"   cut host logged 'could not be kept' {len(not_kept['a'])} times, 'could not be"
-              f" marked finished' {len(not_finished['a'])} times; kept though logged not kept:"
-              f" {len(kept_unknowingly)}")  # fmt: skip
+                print(
+                    f"   {phase:<7} host {host}: {len(group):3d} answered {dict(statuses)},"
+                    f" not kept {unkept}; {_latencies(group)}"
+                )
+        print(
+            f"   cut host logged 'could not be kept' {len(not_kept['a'])} times, 'could not be"
+            f" marked finished' {len(not_finished['a'])} times; kept though logged not kept:"
+            f" {len(kept_unknowingly)}"
+        )
         print(f"   deliveries dispatched without dedup (not kept): {len(dispatched_unkept)}")
         print(
             f"   replay --failed --pending on host b (exit {replay.returncode}):"
@@ -305,8 +354,9 @@ def test_a_host_cut_from_the_store_and_slowed_loses_nothing_and_the_other_keeps_
     assert cut_answers
     assert all(a["delivery"] in not_kept["a"] for a in cut_answers)
     assert len(not_kept["a"]) >= len(cut_answers)
-    slow_answers = [a for a in by_phase[("a", "slow")]
-                    if t0 + SLOW + 0.2 < a["start"] and a["end"] < t0 + CUT]  # fmt: skip
+    slow_answers = [
+        a for a in by_phase[("a", "slow")] if t0 + SLOW + 0.2 < a["start"] and a["end"] < t0 + CUT
+    ]
     assert slow_answers
     assert min(a["end"] - a["start"] for a in slow_answers) >= 2 * DELAY  # begin and finish
     assert all(a["kept"] for a in slow_answers)

@@ -555,8 +555,14 @@ def test_a_restart_mid_run_loses_failed_deliveries_only_without_the_journal(
                 answers[key] = _post(app_server.port, [key])
             log = app_server.log()
         time.sleep(1.5)  # leases run out
-        replay = run_flask(APP, "oa-recall", "replay", "--failed", "--pending",
-                           env={**env, "OA_RECALL_STORE": server.url})  # fmt: skip
+        replay = run_flask(
+            APP,
+            "oa-recall",
+            "replay",
+            "--failed",
+            "--pending",
+            env={**env, "OA_RECALL_STORE": server.url},
+        )
 
     picky_done = Counter(k for w, r, _, k in read_record(record) if (w, r) == ("done", "picky"))
     mirror_done = Counter(k for w, r, _, k in read_record(record) if (w, r) == ("done", "mirror"))
@@ -564,11 +570,13 @@ def test_a_restart_mid_run_loses_failed_deliveries_only_without_the_journal(
     lost = sorted(k for k in accepted if not picky_done[k] or not mirror_done[k])
     replayed = replay.stdout.strip().splitlines()[-1] if replay.stdout.strip() else "-"
     with capsys.disabled():
-        print(f"\n== store that forgets, journal {'on' if journal else 'off'}: {CALLBACKS}"
-              f" callbacks, Redis restarted after {RESTART_AFTER} answers"
-              f" ({failed_before['picky']} picky failures before it);"
-              f" accepted {len(accepted)}; replay: {replayed};"
-              f" lost {len(lost)}")  # fmt: skip
+        print(
+            f"\n== store that forgets, journal {'on' if journal else 'off'}: {CALLBACKS}"
+            f" callbacks, Redis restarted after {RESTART_AFTER} answers"
+            f" ({failed_before['picky']} picky failures before it);"
+            f" accepted {len(accepted)}; replay: {replayed};"
+            f" lost {len(lost)}"
+        )
 
     assert len(accepted) == CALLBACKS, {k: a for k, a in answers.items() if a != (200, OK)}
     assert "The delivery store forgot" in log + replay.stderr
