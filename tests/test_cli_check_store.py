@@ -109,8 +109,9 @@ def test_check_fails_on_a_layout_newer_than_this_package(
     assert rows(result, "layout") == [
         (
             "FAIL",
-            "version 99, newer than layout 1 that this flask-oa-recall reads: a newer version"
-            " wrote it. Upgrade flask-oa-recall on this host.",
+            f"version 99, newer than layout {type(store).layout_version} that this"
+            " flask-oa-recall reads: a newer version wrote it. Upgrade flask-oa-recall on this"
+            " host.",
         )
     ]
 
