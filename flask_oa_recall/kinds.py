@@ -41,12 +41,13 @@ from .events import (
 )
 from .parsing import build_recall_event
 from .schemas import (
+    AfterAddSubscriberBodySchema,
     AfterCreateBodySchema,
+    AfterDeleteSubscriberBodySchema,
     AfterDestroyedBodySchema,
     AfterFullBodySchema,
     AfterInfoChangedBodySchema,
     AfterSendMsgBodySchema,
-    AfterSubscribersBodySchema,
     RecallBodySchema,
     first_error,
 )
@@ -233,7 +234,7 @@ KINDS: Mapping[str, EventKind] = {
             signals.subscribers_added,
             "subscribers_added",
             SubscribersAddedEvent,
-            AfterSubscribersBodySchema(),
+            AfterAddSubscriberBodySchema(),
             _SUBSCRIBERS,
         ),
         _kind(
@@ -241,7 +242,7 @@ KINDS: Mapping[str, EventKind] = {
             signals.subscribers_deleted,
             "subscribers_deleted",
             SubscribersDeletedEvent,
-            AfterSubscribersBodySchema(),
+            AfterDeleteSubscriberBodySchema(),
             _SUBSCRIBERS,
         ),
         _kind(

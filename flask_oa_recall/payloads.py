@@ -17,7 +17,14 @@ from werkzeug.routing import Rule
 
 from .config import DEFAULTS, parse_settings
 from .errors import ConfigError
-from .events import RECALL_COMMAND
+from .events import (
+    CREATE_COMMAND,
+    DELETE_SUBSCRIBER_COMMAND,
+    DESTROYED_COMMAND,
+    FULL_COMMAND,
+    INFO_CHANGED_COMMAND,
+    RECALL_COMMAND,
+)
 from .security import sign
 from .state import EXTENSION_KEY, OARecallState
 
@@ -32,6 +39,11 @@ __all__ = [
     "GROUP_BEFORE_SEND_MSG_COMMAND",
     "SEND_MSG_COMMAND",
     "after_add_subscriber_body",
+    "after_create_body",
+    "after_delete_subscriber_body",
+    "after_destroyed_body",
+    "after_full_body",
+    "after_info_changed_body",
     "after_send_msg_body",
     "before_add_subscriber_body",
     "before_callback_body",
@@ -44,6 +56,7 @@ __all__ = [
     "group_before_send_msg_body",
     "recall_body",
     "signed_query",
+    "typed_body",
 ]
 
 #: The Official Account id used when none is given (Tencent's documented prefix).
@@ -319,6 +332,119 @@ def before_callback_body(
     if command == GROUP_BEFORE_SEND_MSG_COMMAND:
         return group_before_send_msg_body(text)
     return callback_body(command, From_Account="user1", MsgBody=_text_elements(text, None))
+
+
+def after_create_body(
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    operator: str = "admin",
+    owner: str = "admin",
+    name: str = "Test channel",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackAfterCreateOfficialAccount`` body."""
+    return callback_body(
+        CREATE_COMMAND,
+        Official_Account=official_account,
+        Operator_Account=operator,
+        Owner_Account=owner,
+        Name=name,
+        **extra,
+    )
+
+
+def after_info_changed_body(
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    operator: str = "admin",
+    **changed: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackAfterOfficialAccountInfoChanged`` body.
+
+    :param changed: the changed profile fields by wire name (``Name``, ``Introduction``,
+        ``FaceUrl``, ``Organization``); ``Introduction`` when none is given.
+    """
+    fields = changed or {"Introduction": "Changed."}
+    return callback_body(
+        INFO_CHANGED_COMMAND,
+        Official_Account=official_account,
+        Operator_Account=operator,
+        **fields,
+    )
+
+
+def after_destroyed_body(
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    owner: str = "admin",
+    name: str = "Test channel",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackAfterOfficialAccountDestroyed`` body."""
+    return callback_body(
+        DESTROYED_COMMAND,
+        Official_Account=official_account,
+        Owner_Account=owner,
+        Name=name,
+        **extra,
+    )
+
+
+def after_delete_subscriber_body(
+    subscribers: Sequence[str],
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    operator: str = "admin",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackAfterDeleteSubscriber`` body for ``subscribers``."""
+    return callback_body(
+        DELETE_SUBSCRIBER_COMMAND,
+        Official_Account=official_account,
+        Operator_Account=operator,
+        SubscribeAccountList=[{"Subscriber_Account": s} for s in subscribers],
+        **extra,
+    )
+
+
+def after_full_body(
+    *, official_account: str = DEFAULT_OFFICIAL_ACCOUNT, **extra: Any
+) -> dict[str, Any]:
+    """An ``OfficialAccount.CallbackAfterOfficialAccountFull`` body."""
+    return callback_body(FULL_COMMAND, Official_Account=official_account, **extra)
+
+
+def typed_body(
+    command: str,
+    *,
+    official_account: str = DEFAULT_OFFICIAL_ACCOUNT,
+    msg_key: str = DEFAULT_MSG_KEY,
+    text: str = "hello",
+) -> dict[str, Any]:
+    """A realistic body for any typed Official Account "after" command (the recall included),
+    with the fields Tencent documents for it; ``msg_key`` and ``text`` go where the command has
+    them.
+
+    :raises KeyError: if ``command`` is not a typed command.
+    """
+    builders: dict[str, Any] = {
+        RECALL_COMMAND: lambda: recall_body([msg_key], official_account=official_account),
+        SEND_MSG_COMMAND: lambda: after_send_msg_body(
+            msg_key, official_account=official_account, text=text
+        ),
+        CREATE_COMMAND: lambda: after_create_body(official_account=official_account),
+        INFO_CHANGED_COMMAND: lambda: after_info_changed_body(official_account=official_account),
+        DESTROYED_COMMAND: lambda: after_destroyed_body(official_account=official_account),
+        ADD_SUBSCRIBER_COMMAND: lambda: after_add_subscriber_body(
+            ["user1"], official_account=official_account
+        ),
+        DELETE_SUBSCRIBER_COMMAND: lambda: after_delete_subscriber_body(
+            ["user1"], official_account=official_account
+        ),
+        FULL_COMMAND: lambda: after_full_body(official_account=official_account),
+    }
+    body: dict[str, Any] = builders[command]()
+    return body
 
 
 def _config_defaults(app: Flask | None) -> tuple[int | None, str | None]:

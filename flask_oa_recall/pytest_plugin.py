@@ -14,6 +14,8 @@ Fixtures (all function-scoped):
 - ``oa_recall_post``: post a signed callback through the app's test client (see
   :func:`~flask_oa_recall.testing.post_callback`).
 - ``oa_recall_events``: the :class:`~flask_oa_recall.RecallEvent` s emitted during the test.
+- ``oa_recall_typed_events``: the typed Official Account events other than recalls
+  (:class:`~flask_oa_recall.MessageSentEvent`...) emitted during the test.
 - ``oa_recall_callbacks``: the :class:`~flask_oa_recall.Callback` s accepted during the test.
 - ``oa_recall_captured``: everything emitted during the test, rejections and receiver failures
   included (a :class:`~flask_oa_recall.testing.Captured`).
@@ -41,7 +43,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from .decisions import Decision
-from .events import Callback, RecallEvent
+from .events import Callback, OfficialAccountEvent, RecallEvent
 from .testing import (
     Captured,
     DecisionFailure,
@@ -63,6 +65,7 @@ __all__ = [
     "oa_recall_decision_failures",
     "oa_recall_events",
     "oa_recall_post",
+    "oa_recall_typed_events",
     "oa_recall_url",
 ]
 
@@ -117,6 +120,13 @@ def oa_recall_captured(app: Flask) -> Iterator[Captured]:
 def oa_recall_events(oa_recall_captured: Captured) -> list[RecallEvent]:
     """The recall events ``app`` emits during the test, in order."""
     return oa_recall_captured.recalls
+
+
+@pytest.fixture
+def oa_recall_typed_events(oa_recall_captured: Captured) -> list[OfficialAccountEvent]:
+    """The typed Official Account events (other than recalls) ``app`` emits during the test,
+    in order; ``oa_recall_captured.of(MessageSentEvent)`` picks one type."""
+    return oa_recall_captured.events
 
 
 @pytest.fixture

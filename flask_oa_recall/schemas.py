@@ -14,7 +14,9 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, val
 from .events import RecalledMessage
 
 __all__ = [
+    "AfterAddSubscriberBodySchema",
     "AfterCreateBodySchema",
+    "AfterDeleteSubscriberBodySchema",
     "AfterDestroyedBodySchema",
     "AfterEventBodySchema",
     "AfterFullBodySchema",
@@ -249,6 +251,14 @@ class AfterSubscribersBodySchema(AfterEventBodySchema):
 
     Operator_Account = LenientString()
     SubscribeAccountList = SubscriberListField()
+
+
+class AfterAddSubscriberBodySchema(AfterSubscribersBodySchema):
+    """``OfficialAccount.CallbackAfterAddSubscriber``."""
+
+
+class AfterDeleteSubscriberBodySchema(AfterSubscribersBodySchema):
+    """``OfficialAccount.CallbackAfterDeleteSubscriber``."""
 
 
 class AfterFullBodySchema(AfterEventBodySchema):

@@ -34,14 +34,15 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from .decisions import Decision
-from .events import RECALL_COMMAND, Callback, RecallEvent
+from .events import RECALL_COMMAND, Callback, OfficialAccountEvent, RecallEvent
+from .kinds import KINDS
 from .payloads import (
     ADD_SUBSCRIBER_COMMAND,
     BEFORE_ADD_SUBSCRIBER_COMMAND,
@@ -53,6 +54,11 @@ from .payloads import (
     GROUP_BEFORE_SEND_MSG_COMMAND,
     SEND_MSG_COMMAND,
     after_add_subscriber_body,
+    after_create_body,
+    after_delete_subscriber_body,
+    after_destroyed_body,
+    after_full_body,
+    after_info_changed_body,
     after_send_msg_body,
     before_add_subscriber_body,
     before_callback_body,
@@ -64,6 +70,7 @@ from .payloads import (
     group_before_send_msg_body,
     recall_body,
     signed_query,
+    typed_body,
 )
 from .security import sign
 from .signals import (
@@ -74,6 +81,9 @@ from .signals import (
     receiver_failed,
     store_failed,
 )
+
+#: An Official Account event type, for :meth:`Captured.of`.
+_E = TypeVar("_E", bound=OfficialAccountEvent)
 
 __all__ = [
     "ADD_SUBSCRIBER_COMMAND",
@@ -90,6 +100,11 @@ __all__ = [
     "ReceiverFailure",
     "Rejected",
     "after_add_subscriber_body",
+    "after_create_body",
+    "after_delete_subscriber_body",
+    "after_destroyed_body",
+    "after_full_body",
+    "after_info_changed_body",
     "after_send_msg_body",
     "before_add_subscriber_body",
     "before_callback_body",
@@ -100,6 +115,7 @@ __all__ = [
     "callback_path",
     "capture",
     "capture_callbacks",
+    "capture_events",
     "capture_recalls",
     "decision_of",
     "group_before_send_msg_body",
@@ -107,6 +123,7 @@ __all__ = [
     "recall_body",
     "sign",
     "signed_query",
+    "typed_body",
 ]
 
 
@@ -212,6 +229,9 @@ class Captured:
 
     recalls: list[RecallEvent] = field(default_factory=list)
     """The :class:`RecallEvent` s sent with ``messages_recalled``."""
+    events: list[OfficialAccountEvent] = field(default_factory=list)
+    """The typed Official Account events other than recalls (:class:`MessageSentEvent`...),
+    from every typed signal, in order of emission."""
     callbacks: list[Callback] = field(default_factory=list)
     """The :class:`Callback` s sent with ``callback_received`` (every accepted request)."""
     rejections: list[Rejected] = field(default_factory=list)
@@ -224,6 +244,10 @@ class Captured:
     """Every decider that raised, ran late or found no free thread (the fallback was
     answered)."""
 
+    def of(self, event_type: type[_E]) -> list[_E]:
+        """The :attr:`events` of one type: ``seen.of(MessageSentEvent)``."""
+        return [event for event in self.events if isinstance(event, event_type)]
+
     @property
     def msg_keys(self) -> list[str]:
         """The MsgKeys of all :attr:`recalls`, in order."""
@@ -231,6 +255,9 @@ class Captured:
 
 
 _captures = itertools.count(1)
+
+#: The typed kinds other than the recall (which has its own list and capture).
+_TYPED = [kind for kind in KINDS.values() if kind.command != RECALL_COMMAND]
 
 
 def _recorder(function: Callable[..., None]) -> Callable[..., None]:
@@ -253,6 +280,10 @@ def capture(app: Flask) -> Iterator[Captured]:
     @_recorder
     def on_recall(sender: Flask, event: RecallEvent, **_: Any) -> None:
         seen.recalls.append(event)
+
+    @_recorder
+    def on_event(sender: Flask, event: OfficialAccountEvent, **_: Any) -> None:
+        seen.events.append(event)
 
     @_recorder
     def on_callback(sender: Flask, callback: Callback, **_: Any) -> None:
@@ -281,6 +312,8 @@ def capture(app: Flask) -> Iterator[Captured]:
 
     with ExitStack() as stack:
         stack.enter_context(messages_recalled.connected_to(on_recall, app))
+        for kind in _TYPED:
+            stack.enter_context(kind.signal.connected_to(on_event, app))
         stack.enter_context(callback_received.connected_to(on_callback, app))
         stack.enter_context(callback_rejected.connected_to(on_rejected, app))
         stack.enter_context(receiver_failed.connected_to(on_failed, app))
@@ -299,6 +332,27 @@ def capture_recalls(app: Flask) -> Iterator[list[RecallEvent]]:
         events.append(event)
 
     with messages_recalled.connected_to(record, app):
+        yield events
+
+
+@contextmanager
+def capture_events(app: Flask, *commands: str) -> Iterator[list[OfficialAccountEvent]]:
+    """Collect the typed Official Account events (other than recalls) that ``app`` emits inside
+    the block; only those of ``commands`` when given
+    (``capture_events(app, "OfficialAccount.CallbackAfterSendMsg")``).
+
+    :raises KeyError: for a command that has no typed event.
+    """
+    kinds = [KINDS[command] for command in commands] if commands else _TYPED
+    events: list[OfficialAccountEvent] = []
+
+    @_recorder
+    def record(sender: Flask, event: OfficialAccountEvent, **_: Any) -> None:
+        events.append(event)
+
+    with ExitStack() as stack:
+        for kind in kinds:
+            stack.enter_context(kind.signal.connected_to(record, app))
         yield events
 
 

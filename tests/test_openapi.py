@@ -18,7 +18,15 @@ from openapi_spec_validator import validate
 from flask_oa_recall import RECALL_COMMAND, REJECTIONS, create_blueprint
 from flask_oa_recall.openapi import OPENAPI_VERSION, build_spec
 from flask_oa_recall.schemas import RecallBodySchema
-from flask_oa_recall.testing import callback_body, post_callback, recall_body, sign
+from flask_oa_recall.testing import (
+    after_add_subscriber_body,
+    after_full_body,
+    after_send_msg_body,
+    callback_body,
+    post_callback,
+    recall_body,
+    sign,
+)
 from tests.apps.host import SDK_APP_ID as HOST_APP_ID
 from tests.apps.host import TOKEN as HOST_TOKEN
 from tests.servers import GunicornServer, gunicorn_server, run_flask
@@ -347,3 +355,107 @@ def test_the_command_on_an_app_without_the_extension_says_so() -> None:
     result = Flask("bare").test_cli_runner().invoke(openapi_command)
     assert result.exit_code == 1
     assert "Error: flask_oa_recall is not set up on this app" in result.output
+
+
+# Typed Official Account bodies and before-callback answers (issue 9).
+
+
+def test_every_typed_body_comes_from_its_marshmallow_schema(app: Flask) -> None:
+    from flask_oa_recall.kinds import KINDS
+
+    schemas = build_spec(app)["components"]["schemas"]
+    for command, kind in KINDS.items():
+        name = "RecallBody" if command == RECALL_COMMAND else f"{command[24:]}Body"
+        described = schemas[name]
+        assert set(described["properties"]) == set(kind.schema.fields), name
+        assert set(described["required"]) == {
+            n for n, f in kind.schema.fields.items() if f.required
+        }
+        assert described["properties"]["CallbackCommand"]["const"] == command
+        assert described["additionalProperties"] is True
+    assert schemas["AfterSendMsgBody"]["required"] == [
+        "CallbackCommand",
+        "EventTime",
+        "MsgKey",
+        "Official_Account",
+    ]
+    assert schemas["OtherCallback"]["properties"]["CallbackCommand"]["not"] == {
+        "enum": sorted(KINDS)
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        (after_send_msg_body("9_1_9"), True),
+        ({**after_send_msg_body("9_1_9"), "EventTime": "1670574414123"}, True),
+        ({k: v for k, v in after_send_msg_body("9_1_9").items() if k != "MsgKey"}, False),
+        ({**after_send_msg_body("9_1_9"), "Official_Account": ""}, False),
+        ({**after_add_subscriber_body(["u1"]), "EventTime": "soon"}, False),
+        (after_add_subscriber_body(["u1"]), True),
+        ({k: v for k, v in after_full_body().items() if k != "Official_Account"}, False),
+    ],
+    ids=[
+        "after-send",
+        "after-send-string-time",
+        "after-send-no-msgkey",
+        "after-send-empty-account",
+        "add-subscriber-bad-time",
+        "add-subscriber",
+        "full-no-account",
+    ],
+)
+def test_typed_bodies_are_described_as_a_listening_app_loads_them(
+    app: Flask, body: dict[str, Any], valid: bool
+) -> None:
+    from flask_oa_recall.kinds import KINDS
+
+    document = build_spec(app)
+    content = document["paths"][PATH]["post"]["requestBody"]["content"]["application/json"]
+    assert validator(document, content["schema"]).is_valid(body) is valid
+    with KINDS[body["CallbackCommand"]].signal.connected_to(lambda sender, **kw: None, app):
+        response = post_callback(app.test_client(), app, body)
+    assert (response.status_code == 200) is valid, response.json
+
+
+def test_every_typed_command_has_an_accepted_example(app: Flask) -> None:
+    from flask_oa_recall.kinds import KINDS
+
+    document = build_spec(app)
+    examples = document["paths"][PATH]["post"]["requestBody"]["content"]["application/json"][
+        "examples"
+    ]
+    commands = {example["value"]["CallbackCommand"] for example in examples.values()}
+    assert set(KINDS) | {"OfficialAccount.CallbackBeforeSendMsg"} <= commands
+
+
+def test_a_deciders_answer_conforms_to_the_decision_answer(make_app: AppFactory) -> None:
+    from flask_oa_recall import Decision, OARecall
+
+    app = Flask("decided")
+    app.config.update(OA_RECALL_SDKAPPID=SDK_APP_ID, OA_RECALL_STORE="memory://")
+    oa = OARecall()
+    answers = iter(
+        [
+            Decision.deny("Blocked.", error_code=120001),
+            Decision.allow(
+                msg_body=[{"MsgType": "TIMTextElem", "MsgContent": {"Text": "x"}}],
+                cloud_custom_data="c",
+            ),
+            Decision.drop(),
+        ]
+    )
+    oa.decider("OfficialAccount.CallbackBeforeSendMsg")(lambda callback: next(answers))
+    oa.init_app(app)
+    document = build_spec(app)
+    check = validator(document, response_schema(document, "post", 200))
+    body = callback_body(
+        "OfficialAccount.CallbackBeforeSendMsg", Official_Account="@TOA#_1", MsgBody=[]
+    )
+    codes = []
+    for _ in range(3):
+        answer = post_callback(app.test_client(), app, body).json
+        assert check.is_valid(answer), answer
+        codes.append(answer["ErrorCode"])
+    assert codes == [120001, 0, 2]
+    assert not check.is_valid({"ActionStatus": "OK", "ErrorCode": 3, "ErrorInfo": ""})

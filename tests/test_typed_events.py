@@ -18,11 +18,20 @@ from flask_oa_recall.kinds import KINDS, canonical_json, digest_identity
 from flask_oa_recall.state import get_state
 from flask_oa_recall.store import Store
 from flask_oa_recall.testing import (
+    after_add_subscriber_body,
+    after_create_body,
+    after_delete_subscriber_body,
+    after_destroyed_body,
+    after_full_body,
+    after_info_changed_body,
+    after_send_msg_body,
     capture,
     capture_callbacks,
+    capture_events,
     post_callback,
     recall_body,
     signed_query,
+    typed_body,
 )
 
 from .conftest import SDK_APP_ID, AppFactory
@@ -563,3 +572,75 @@ def test_a_typed_delivery_kept_without_its_signal_replays_untyped(make_app: AppF
     assert result.exit_code == 0, result.output
     assert typed == []
     assert [d.status for d in store_of(app).deliveries()] == ["done"]
+
+
+# --- the testing module and the pytest plugin ----------------------------------------------
+
+BUILDERS = [
+    (lambda: after_send_msg_body("5_1_5", text="hi"), oa.MessageSentEvent, {"text": "hi"}),
+    (lambda: after_create_body(name="News"), oa.OfficialAccountCreatedEvent, {"name": "News"}),
+    (
+        lambda: after_info_changed_body(FaceUrl="https://x/y"),
+        oa.OfficialAccountChangedEvent,
+        {"changed": {"FaceUrl": "https://x/y"}},
+    ),
+    (
+        lambda: after_destroyed_body(owner="o"),
+        oa.OfficialAccountDestroyedEvent,
+        {"name": "Test channel"},
+    ),
+    (
+        lambda: after_add_subscriber_body(["a", "b"]),
+        oa.SubscribersAddedEvent,
+        {"subscribers": ("a", "b")},
+    ),
+    (
+        lambda: after_delete_subscriber_body(["a"]),
+        oa.SubscribersDeletedEvent,
+        {"subscribers": ("a",)},
+    ),
+    (lambda: after_full_body(), oa.SubscriberLimitReachedEvent, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "event_type", "own"),
+    BUILDERS,
+    ids=["send", "create", "changed", "destroyed", "add", "delete", "full"],
+)
+def test_each_builder_makes_a_body_its_event_is_loaded_from(
+    app: Flask, build: Callable[[], dict[str, Any]], event_type: type, own: dict[str, Any]
+) -> None:
+    body = build()
+    assert typed_body(body["CallbackCommand"])["CallbackCommand"] == body["CallbackCommand"]
+    with capture(app) as seen, capture_events(app, body["CallbackCommand"]) as only:
+        assert post(app, body).status_code == 200
+    (event,) = seen.of(event_type)
+    assert seen.events == only == [event]
+    assert seen.recalls == []
+    for name, value in own.items():
+        assert getattr(event, name) == value
+
+
+def test_capture_events_without_commands_hears_every_typed_signal(app: Flask) -> None:
+    with capture_events(app) as events:
+        for command in KINDS:
+            post(app, typed_body(command, msg_key="7_1_7"))
+    assert [type(e).__name__ for e in events] == [
+        "MessageSentEvent",
+        "OfficialAccountCreatedEvent",
+        "OfficialAccountChangedEvent",
+        "OfficialAccountDestroyedEvent",
+        "SubscribersAddedEvent",
+        "SubscribersDeletedEvent",
+        "SubscriberLimitReachedEvent",
+    ]
+    with pytest.raises(KeyError), capture_events(app, "State.StateChange"):
+        pass
+
+
+def test_the_plugin_fixture_collects_typed_events(
+    oa_recall_post: Any, oa_recall_typed_events: list[Any]
+) -> None:
+    oa_recall_post(after_send_msg_body("8_1_8", text="plugin"))
+    assert [e.text for e in oa_recall_typed_events] == ["plugin"]
