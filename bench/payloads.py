@@ -16,6 +16,7 @@ from .apps import BEFORE_SEND_COMMAND, PATH, SDK_APP_ID, TOKEN
 
 RECALL_COMMAND = "OfficialAccount.CallbackAfterMsgWithDraw"
 OTHER_COMMAND = "C2C.CallbackAfterSendMsg"
+OA_SEND_COMMAND = "OfficialAccount.CallbackAfterSendMsg"
 OFFICIAL_ACCOUNT = "@TOA#_bench"
 
 
@@ -37,6 +38,15 @@ KINDS: dict[str, Kind] = {
         OTHER_COMMAND,
         f'{{"CallbackCommand":"{OTHER_COMMAND}","From_Account":"alice","To_Account":"bob",'
         '"MsgKey":"$ID","MsgBody":[],"EventTime":$TIME}',
+    ),
+    # OfficialAccount.CallbackAfterSendMsg (PROTOCOL.md §4.1, 60804): a typed command; the bench
+    # apps connect no receiver of message_sent or callback_received, so nothing listens to it.
+    "oa-send": Kind(
+        OA_SEND_COMMAND,
+        f'{{"CallbackCommand":"{OA_SEND_COMMAND}","Official_Account":"{OFFICIAL_ACCOUNT}",'
+        '"MsgKey":"$ID","MsgTime":1700000000,"OnlineOnlyFlag":0,"MsgBody":[{"MsgType":'
+        '"TIMTextElem","MsgContent":{"Text":"hello $ID"}}],"CloudCustomData":"",'
+        '"EventTime":$TIME}',
     ),
     # OfficialAccount.CallbackBeforeSendMsg (PROTOCOL.md §4.1, 60803): one text element.
     "before-send": Kind(

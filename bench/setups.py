@@ -88,6 +88,13 @@ SETUPS = (
         Traffic(kind="other"),
     ),
     Setup(
+        "sqlite-signed-unlistened",
+        "SQLite, signed, typed command nobody listens to (OfficialAccount.CallbackAfterSendMsg)",
+        "sqlite",
+        Traffic(kind="oa-send"),
+        0.85,
+    ),
+    Setup(
         "sqlite-signed-decider",
         "SQLite, signed, before-command with a decider (OfficialAccount.CallbackBeforeSendMsg)",
         "sqlite",

@@ -1,7 +1,13 @@
-"""A host app: a SQLite mirror of Official Account messages that honours recalls.
+"""A host app: a SQLite mirror of Official Account messages that honours recalls and moderates.
 
-It mirrors messages from ``OfficialAccount.CallbackAfterSendMsg`` and marks them recalled on
-``OfficialAccount.CallbackAfterMsgWithDraw``. ``GET /messages`` lists the mirror.
+- ``OfficialAccount.CallbackAfterSendMsg`` (signal ``message_sent``): the message is inserted.
+- ``OfficialAccount.CallbackAfterMsgWithDraw`` (signal ``messages_recalled``): it is marked
+  recalled.
+- ``OfficialAccount.CallbackBeforeSendMsg`` (a decider): a message whose text contains the
+  blocked word is denied before Tencent delivers it; the client gets ``ErrorCode`` 120001 and
+  the reason.
+
+``GET /messages`` lists the mirror.
 
 Configuration comes from the environment:
 
@@ -10,7 +16,9 @@ Configuration comes from the environment:
   authentication off, which logs a warning);
 - ``OA_RECALL_STORE``: where deliveries are kept (default: SQLite in the instance folder);
 - ``MIRROR_DATABASE``: the mirror's SQLite file (default: ``mirror.sqlite3`` in the
-  instance folder).
+  instance folder);
+- ``MIRROR_BLOCKED_WORD``: the word the moderation decider denies (default ``forbidden``; empty
+  turns moderation off).
 
 Run it with ``gunicorn -c examples/gunicorn.conf.py`` from the project's root.
 """
@@ -21,9 +29,17 @@ import os
 import sqlite3
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 
-from flask_oa_recall import Callback, OARecall, RecallEvent, callback_received, messages_recalled
+from flask_oa_recall import (
+    Callback,
+    Decision,
+    MessageSentEvent,
+    OARecall,
+    RecallEvent,
+    message_sent,
+    messages_recalled,
+)
 
 SEED = [
     ("@TOA#_news", "71_1_1698741698", "Welcome to the news channel."),
@@ -36,10 +52,37 @@ CREATE TABLE IF NOT EXISTS messages (
     official_account TEXT NOT NULL,
     msg_key TEXT NOT NULL,
     text TEXT NOT NULL,
+    sent_at TEXT,
     recalled_at TEXT,
     PRIMARY KEY (official_account, msg_key)
 );
 """
+
+#: The ``ErrorCode`` a denied message gets: in [120001, 130000], so Tencent passes it and the
+#: reason on to the sender's client.
+BLOCKED_CODE = 120001
+
+oa_recall = OARecall()
+
+
+@oa_recall.decider("OfficialAccount.CallbackBeforeSendMsg")
+def moderate(callback: Callback) -> Decision | None:
+    """Deny a message whose text contains ``MIRROR_BLOCKED_WORD``; allow the others unchanged."""
+    word = current_app.config["MIRROR_BLOCKED_WORD"]
+    if word and word.lower() in _text(callback.body.get("MsgBody")).lower():
+        return Decision.deny(f"Blocked by moderation: {word!r}.", error_code=BLOCKED_CODE)
+    return None
+
+
+def _text(msg_body: Any) -> str:
+    """The text of the ``TIMTextElem`` elements of a ``MsgBody``."""
+    if not isinstance(msg_body, list):
+        return ""
+    return "\n".join(
+        str(element.get("MsgContent", {}).get("Text", ""))
+        for element in msg_body
+        if isinstance(element, dict) and element.get("MsgType") == "TIMTextElem"
+    )
 
 
 def _database(app: Flask) -> sqlite3.Connection:
@@ -61,6 +104,21 @@ def _init_database(app: Flask) -> None:
         conn.close()
 
 
+def on_sent(app: Flask, event: MessageSentEvent, **_: Any) -> None:
+    """Insert a delivered message into the mirror; running twice changes nothing."""
+    sent_at = event.sent_at or event.event_time
+    conn = _database(app)
+    try:
+        conn.execute(
+            "INSERT OR IGNORE INTO messages (official_account, msg_key, text, sent_at)"
+            " VALUES (?, ?, ?, ?)",
+            (event.official_account, event.msg_key, event.text, sent_at.isoformat()),
+        )
+    finally:
+        conn.close()
+    app.logger.info("mirrored message %s of %s", event.msg_key, event.official_account)
+
+
 def on_recall(app: Flask, event: RecallEvent, **_: Any) -> None:
     """Hide every recalled message in the mirror; running twice changes nothing."""
     conn = _database(app)
@@ -75,26 +133,6 @@ def on_recall(app: Flask, event: RecallEvent, **_: Any) -> None:
     app.logger.info("recalled %d message(s) of %s", len(event.msg_keys), event.official_account)
 
 
-def on_callback(app: Flask, callback: Callback, **_: Any) -> None:
-    """Mirror sent messages (their text elements) from ``CallbackAfterSendMsg``."""
-    if callback.command != "OfficialAccount.CallbackAfterSendMsg":
-        return
-    body = callback.body
-    text = " ".join(
-        str(element.get("MsgContent", {}).get("Text", ""))
-        for element in body.get("MsgBody", [])
-        if isinstance(element, dict) and element.get("MsgType") == "TIMTextElem"
-    )
-    conn = _database(app)
-    try:
-        conn.execute(
-            "INSERT OR IGNORE INTO messages (official_account, msg_key, text) VALUES (?, ?, ?)",
-            (body.get("Official_Account", ""), body.get("MsgKey", ""), text),
-        )
-    finally:
-        conn.close()
-
-
 def create_app() -> Flask:
     """Build the example app from environment variables."""
     app = Flask(__name__)
@@ -106,11 +144,12 @@ def create_app() -> Flask:
         MIRROR_DATABASE=os.environ.get(
             "MIRROR_DATABASE", os.path.join(app.instance_path, "mirror.sqlite3")
         ),
+        MIRROR_BLOCKED_WORD=os.environ.get("MIRROR_BLOCKED_WORD", "forbidden").strip(),
     )
-    OARecall(app)
+    oa_recall.init_app(app)
     _init_database(app)
+    message_sent.connect(on_sent, app, weak=False)
     messages_recalled.connect(on_recall, app, weak=False)
-    callback_received.connect(on_callback, app, weak=False)
 
     @app.get("/messages")
     def list_messages() -> Any:
@@ -118,12 +157,12 @@ def create_app() -> Flask:
         conn = _database(app)
         try:
             rows = conn.execute(
-                "SELECT official_account, msg_key, text, recalled_at FROM messages"
+                "SELECT official_account, msg_key, text, sent_at, recalled_at FROM messages"
                 " ORDER BY official_account, msg_key"
             ).fetchall()
         finally:
             conn.close()
-        keys = ("official_account", "msg_key", "text", "recalled_at")
+        keys = ("official_account", "msg_key", "text", "sent_at", "recalled_at")
         return jsonify([dict(zip(keys, row, strict=True)) for row in rows])
 
     return app

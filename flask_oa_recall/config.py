@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -286,6 +287,9 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
     )
 
 
+_read_keys = operator.itemgetter(*_KEYS)
+
+
 class SettingsCache:
     """Re-parses the settings only when one of the ``OA_RECALL_*`` values changed.
 
@@ -301,7 +305,10 @@ class SettingsCache:
 
     def get(self, config: Mapping[str, Any]) -> Settings:
         """The settings for ``config``'s current values."""
-        raw = tuple(config.get(k) for k in _KEYS)
+        try:
+            raw = _read_keys(config)  # one C call while every key is set (the usual case)
+        except KeyError:
+            raw = tuple(config.get(k) for k in _KEYS)
         if self._settings is None or raw != self._raw:
             self._settings = parse_settings(config)
             # A deep copy, so that later in-place edits (a token appended) are noticed.

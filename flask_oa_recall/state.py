@@ -40,6 +40,7 @@ class OARecallState:
         self._stores: dict[str | None, Store] = {}
         self._lock = threading.Lock()
         self._warned_open = False
+        self._checked: Settings | None = None  # the settings last checked for missing tokens
         #: The deciders by command: the registry of the :class:`~flask_oa_recall.OARecall`
         #: instance set up on this app (shared, so later registrations count), else empty.
         self.deciders: Mapping[str, Decider] = {}
@@ -48,7 +49,8 @@ class OARecallState:
     def settings(self, config: Any) -> Settings:
         """The validated ``OA_RECALL_*`` settings for ``config`` as it is now."""
         settings = self._settings.get(config)
-        if not self._warned_open:
+        if not self._warned_open and settings is not self._checked:
+            self._checked = settings
             unsigned = sorted(app_id for app_id, tokens in settings.tokens.items() if not tokens)
             if unsigned:
                 self._warned_open = True

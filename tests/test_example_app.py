@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 from flask_oa_recall import REJECTIONS
-from flask_oa_recall.testing import recall_body, sign
+from flask_oa_recall.testing import after_send_msg_body, recall_body, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "change-me"
 APP_ID = 1400000000
+OK = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int
         "WEB_CONCURRENCY": "3",
         "OA_RECALL_STORE": f"sqlite:///{tmp}/deliveries.sqlite3",
         "MIRROR_DATABASE": str(tmp / "mirror.sqlite3"),
+        "MIRROR_BLOCKED_WORD": "forbidden",
     }
     log = (tmp / "gunicorn.log").open("wb")
     process = subprocess.Popen(
@@ -138,6 +140,70 @@ def test_sent_message_is_mirrored_then_recalled(example: tuple[str, int]) -> Non
     (mirrored,) = [m for m in messages if m["msg_key"] == "80_1_1698742000"]
     assert mirrored["text"] == "Breaking."
     assert mirrored["recalled_at"] is not None
+
+
+def test_a_redelivered_send_is_mirrored_once_with_its_time(example: tuple[str, int]) -> None:
+    sent = after_send_msg_body(
+        "81_1_1698742100", official_account="@TOA#_news", text="Once.", msg_time=1698742100
+    )
+    for _ in range(2):
+        status, envelope, _ = request(
+            example,
+            "POST",
+            query(CallbackCommand="OfficialAccount.CallbackAfterSendMsg"),
+            json.dumps(sent).encode(),
+        )
+        assert (status, envelope) == (200, OK)
+    _, messages, _ = request(example, "GET", "/messages")
+    (mirrored,) = [m for m in messages if m["msg_key"] == "81_1_1698742100"]
+    assert mirrored["text"] == "Once."
+    assert mirrored["sent_at"] == "2023-10-31T08:48:20+00:00"
+    assert mirrored["recalled_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        (
+            "Breaking: the forbidden results.",
+            {
+                "ActionStatus": "OK",
+                "ErrorCode": 120001,
+                "ErrorInfo": "Blocked by moderation: 'forbidden'.",
+            },
+        ),
+        (
+            "FORBIDDEN in capitals.",
+            {
+                "ActionStatus": "OK",
+                "ErrorCode": 120001,
+                "ErrorInfo": "Blocked by moderation: 'forbidden'.",
+            },
+        ),
+        ("Tomorrow's weather: sunny.", OK),
+    ],
+    ids=["denied", "denied-any-case", "allowed"],
+)
+def test_the_moderation_decider_answers_a_before_send(
+    example: tuple[str, int], text: str, answer: dict[str, Any]
+) -> None:
+    body = {
+        "CallbackCommand": "OfficialAccount.CallbackBeforeSendMsg",
+        "Official_Account": "@TOA#_news",
+        "OnlineOnlyFlag": 0,
+        "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}],
+        "CloudCustomData": "",
+        "EventTime": int(time.time() * 1000),
+    }
+    started = time.monotonic()
+    status, envelope, _ = request(
+        example,
+        "POST",
+        query(CallbackCommand="OfficialAccount.CallbackBeforeSendMsg"),
+        json.dumps(body).encode(),
+    )
+    assert time.monotonic() - started < 2.0  # inside Tencent's budget (a bound, not a speed)
+    assert (status, envelope) == (200, answer)
 
 
 GOOD = json.dumps(recall_body(["73_1_1698741822"], official_account="@TOA#_news")).encode()
