@@ -246,8 +246,37 @@ def test_send_to_a_server_that_never_answers_gives_up_after_the_timeout(
         (["--url", "http://127.0.0.1:1/cb?Sign=x"], "without a query string"),
         (["--msg-key", "1_1_1", "--body", "-"], "cannot go with --body"),
         (["--msg-key", "1_1_1", "--command", "State.StateChange"], "only goes with"),
+        (
+            ["--text", "x"],
+            "--text goes with a before-command or OfficialAccount.CallbackAfterSendMsg",
+        ),
+        (
+            ["--command", "OfficialAccount.CallbackAfterAddSubscriber", "--msg-key", "1_1_1"],
+            "--msg-key goes with OfficialAccount.CallbackAfterMsgWithDraw and",
+        ),
+        (
+            [
+                "--command",
+                "OfficialAccount.CallbackAfterSendMsg",
+                "--msg-key",
+                "1",
+                "--msg-key",
+                "2",
+            ],
+            "carries one MsgKey",
+        ),
+        (["--text", "x", "--body", "-"], "cannot go with --body"),
     ],
-    ids=["not-http", "query-given", "msg-key-and-body", "msg-key-and-other-command"],
+    ids=[
+        "not-http",
+        "query-given",
+        "msg-key-and-body",
+        "msg-key-and-other-command",
+        "text-and-recall",
+        "msg-key-and-typed-command",
+        "two-keys-for-a-send",
+        "text-and-body",
+    ],
 )
 def test_send_refuses_contradictory_options(
     make_app: AppFactory, args: list[str], message: str
@@ -316,6 +345,37 @@ def test_send_recalls_a_message_of_the_example_app_under_gunicorn(
     assert EXAMPLE_TOKEN not in done.stdout + done.stderr
     assert messages(server)["72_1_1698741760"]["recalled_at"] is not None
     assert messages(server)["73_1_1698741822"]["recalled_at"] is None
+
+
+@pytest.mark.e2e
+def test_send_an_after_send_then_its_recall_as_the_readme_does(
+    example: tuple[GunicornServer, dict[str, str]],
+) -> None:
+    server, env = example
+    base = ["oa-recall", "send", "--url", server.base_url, "--official-account", "@TOA#_news"]
+    sent = run_flask(
+        EXAMPLE,
+        *base,
+        "--command",
+        "OfficialAccount.CallbackAfterSendMsg",
+        "--msg-key",
+        "91_1_1700000000",
+        "--text",
+        "Breaking news",
+        env=env,
+    )
+    assert sent.returncode == 0, sent.stderr
+    lines = sent.stdout.splitlines()
+    assert lines[1] == (
+        "  OfficialAccount.CallbackAfterSendMsg: message 91_1_1700000000 of @TOA#_news,"
+        " text 'Breaking news'"
+    )
+    assert lines[3] == OK_LINE
+    mirrored = messages(server)["91_1_1700000000"]
+    assert (mirrored["text"], mirrored["recalled_at"]) == ("Breaking news", None)
+    recalled = run_flask(EXAMPLE, *base, "--msg-key", "91_1_1700000000", env=env)
+    assert recalled.returncode == 0, recalled.stderr
+    assert messages(server)["91_1_1700000000"]["recalled_at"] is not None
 
 
 @pytest.mark.e2e

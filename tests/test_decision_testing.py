@@ -315,8 +315,8 @@ def test_a_host_project_tests_its_decider_with_the_fixtures(pytester: pytest.Pyt
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--text", "hi"], "--text and --subscriber go with a before-command"),
-        (["--command", "State.StateChange", "--subscriber", "u1"], "go with a before-command"),
+        (["--text", "hi"], "--text goes with a before-command or"),
+        (["--command", "State.StateChange", "--subscriber", "u1"], "goes with a before-command"),
         (["--text", "hi", "--body", "-"], "cannot go with --body"),
     ],
     ids=["text-with-recall", "subscriber-with-other", "text-with-body"],

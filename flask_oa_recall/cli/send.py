@@ -15,7 +15,8 @@ from flask.cli import with_appcontext
 
 from ..config import TENCENT_TIMEOUT_SECONDS
 from ..deciders import is_before_command
-from ..events import RECALL_COMMAND
+from ..events import RECALL_COMMAND, SEND_MSG_COMMAND
+from ..kinds import KINDS
 from ..payloads import (
     DEFAULT_OFFICIAL_ACCOUNT,
     before_callback_body,
@@ -23,6 +24,7 @@ from ..payloads import (
     callback_path,
     recall_body,
     signed_query,
+    typed_body,
 )
 from ..responses import OK_BODY
 
@@ -94,7 +96,8 @@ def _redacted(query: str) -> str:
     "--msg-key",
     "msg_keys",
     multiple=True,
-    help="A recalled MsgKey; repeat for several. Default: a fresh one, so it is not a duplicate.",
+    help="A recalled MsgKey; repeat for several (for OfficialAccount.CallbackAfterSendMsg: the"
+    " sent message's one MsgKey). Default: a fresh one, so it is not a duplicate.",
 )
 @click.option(
     "--command",
@@ -109,8 +112,9 @@ def _redacted(query: str) -> str:
 )
 @click.option(
     "--text",
-    help="Before-commands: the text of the message about to be sent (the account's name for"
-    " CallbackBeforeCreateOfficialAccount). Default: hello.",
+    help="The message's text: of the message about to be sent (before-commands; the account's"
+    " name for CallbackBeforeCreateOfficialAccount), or of the sent message"
+    " (OfficialAccount.CallbackAfterSendMsg). Default: hello.",
 )
 @click.option(
     "--subscriber",
@@ -163,15 +167,21 @@ def send_command(
         what = f"{len(body)} bytes from {body_file.name}"
     else:
         command = command or RECALL_COMMAND
-        if (text is not None or subscribers) and not is_before_command(command):
-            raise click.UsageError("--text and --subscriber go with a before-command.")
+        if subscribers and not is_before_command(command):
+            raise click.UsageError("--subscriber goes with a before-command.")
+        if text is not None and not (is_before_command(command) or command == SEND_MSG_COMMAND):
+            raise click.UsageError(f"--text goes with a before-command or {SEND_MSG_COMMAND}.")
         payload: dict[str, Any]
         if command == RECALL_COMMAND:
             keys = msg_keys or (_fresh_msg_key(),)
             payload = recall_body(keys, official_account=official_account)
             what = f"recall of {', '.join(keys)} by {official_account}"
+        elif command in KINDS:
+            payload, what = _typed(command, official_account, msg_keys, text)
         elif msg_keys:
-            raise click.UsageError(f"--msg-key only goes with {RECALL_COMMAND}.")
+            raise click.UsageError(
+                f"--msg-key only goes with {RECALL_COMMAND} and {SEND_MSG_COMMAND}."
+            )
         elif is_before_command(command):
             payload = before_callback_body(
                 command,
@@ -253,6 +263,24 @@ def _summary(payload: dict[str, Any]) -> str:
         texts = [e["MsgContent"].get("Text", "") for e in payload["MsgBody"]]
         return f"text {json.dumps(' '.join(texts), ensure_ascii=False)}"
     return f"name {json.dumps(payload.get('Name', ''), ensure_ascii=False)}"
+
+
+def _typed(
+    command: str, official_account: str, msg_keys: tuple[str, ...], text: str | None
+) -> tuple[dict[str, Any], str]:
+    """A realistic body for a typed Official Account command, and what it is in a few words."""
+    if command != SEND_MSG_COMMAND and msg_keys:
+        raise click.UsageError(f"--msg-key goes with {RECALL_COMMAND} and {SEND_MSG_COMMAND}.")
+    if len(msg_keys) > 1:
+        raise click.UsageError(f"{SEND_MSG_COMMAND} carries one MsgKey; give --msg-key once.")
+    key = msg_keys[0] if msg_keys else _fresh_msg_key()
+    payload = typed_body(
+        command, official_account=official_account, msg_key=key, text=text or "hello"
+    )
+    if command == SEND_MSG_COMMAND:
+        shown = payload["MsgBody"][0]["MsgContent"]["Text"]
+        return payload, f"{command}: message {key} of {official_account}, text {shown!r}"
+    return payload, f"{command} for {official_account}"
 
 
 def _json_or_none(data: bytes) -> Any:
