@@ -22,6 +22,7 @@ from flask_oa_recall.testing import (
     after_send_msg_body,
     callback_body,
     capture,
+    capture_callbacks,
     post_callback,
     recall_body,
 )
@@ -59,10 +60,10 @@ def test_the_recall_is_kept_with_no_receiver_at_all(app: Flask) -> None:
 
 
 def test_a_callback_received_receiver_keeps_every_command(app: Flask) -> None:
-    with capture(app) as seen:  # capture connects to callback_received
+    with capture_callbacks(app) as callbacks:
         post(app, after_send_msg_body("1_1_1"))
         post(app, callback_body("State.StateChange"))
-    assert [c.command for c in seen.callbacks] == [SEND, "State.StateChange"]
+    assert [c.command for c in callbacks] == [SEND, "State.StateChange"]
     assert sorted(kept_commands(app)) == [SEND, "State.StateChange"]
     # callback_received alone does not type the event: no dedup keys, no load.
     assert [d.msg_keys for d in store_of(app).deliveries()] == [(), ()]
