@@ -14,8 +14,10 @@ __all__ = [
     "DECISION_FALLBACKS",
     "DEFAULTS",
     "DEFAULT_JOURNAL_NAME",
+    "DESCRIPTIONS",
     "DISPATCH_MODES",
     "KEEP_ALL",
+    "REQUIRED",
     "TENCENT_TIMEOUT_SECONDS",
     "Settings",
     "parse_settings",
@@ -58,7 +60,77 @@ DEFAULTS: Mapping[str, Any] = {
 #: The journal's file in the instance folder when ``OA_RECALL_JOURNAL = True``.
 DEFAULT_JOURNAL_NAME = "oa_recall_journal.sqlite3"
 
-_KEYS = ("OA_RECALL_SDKAPPID", *DEFAULTS)
+
+#: Keys without a default: ``init_app`` refuses to start without them.
+REQUIRED = ("OA_RECALL_SDKAPPID",)
+
+#: What each key means, in reStructuredText. The documentation's configuration reference is
+#: generated from this and :data:`DEFAULTS`; a key added to either needs its text here (a test
+#: checks that both name the same keys).
+DESCRIPTIONS: Mapping[str, str] = {
+    "OA_RECALL_SDKAPPID": (
+        "Your SDKAppID from the Chat console: an int, or a list of ints if one backend serves"
+        " several apps. A request for any other SdkAppid is refused with 403."
+    ),
+    "OA_RECALL_TOKENS": (
+        "Callback tokens: a list (for every SdkAppid), or a dict from SdkAppid to a list. Every"
+        " token in a list is accepted, so a token can be rotated without downtime. Empty turns"
+        " authentication off (a warning is logged once, and ``check`` warns)."
+    ),
+    "OA_RECALL_PATH": (
+        "Where :class:`~flask_oa_recall.OARecall` mounts the route. Read once, when the route"
+        " is mounted."
+    ),
+    "OA_RECALL_MAX_SKEW_SECONDS": (
+        "How far ``RequestTime`` may be from this server's clock, either way."
+    ),
+    "OA_RECALL_MAX_BODY_BYTES": (
+        "The largest body read, with or without a ``Content-Length``; a larger one gets 413."
+    ),
+    "OA_RECALL_STORE": (
+        "Where deliveries are kept: unset for SQLite in the instance folder,"
+        " ``sqlite:///relative/path.db`` (relative to the instance folder) or"
+        " ``sqlite:////absolute/path.db``, ``redis://host:port/db``, or ``memory://`` (tests)."
+    ),
+    "OA_RECALL_DISPATCH": (
+        "``sync``: receivers run before the answer. ``after_response``: the answer goes out"
+        " first, then the receivers run in the same worker."
+    ),
+    "OA_RECALL_SLOW_DISPATCH_SHARE": (
+        "A dispatch that takes longer than this share of Tencent's 2 s timeout logs a warning."
+    ),
+    "OA_RECALL_LEASE_SECONDS": (
+        "How long a worker's claim on a delivery and its messages lasts; after that, a killed"
+        " worker's claim can be taken over by a replay. Keep it above gunicorn's ``timeout``."
+    ),
+    "OA_RECALL_DECISION_SECONDS": (
+        "How long a decider may take to answer a before-callback (above 0, below Tencent's 2 s);"
+        " a later one gets the fallback. See :doc:`deciders`."
+    ),
+    "OA_RECALL_DECISION_FALLBACK": (
+        'What a decider that raised, ran late or could not start answers: ``"allow"``'
+        ' (ErrorCode 0) or ``"deny"`` (ErrorCode 1).'
+    ),
+    "OA_RECALL_DECISION_THREADS": (
+        "The most decider threads one process runs at once; when all are held by deciders that"
+        " never return, the fallback is answered at once."
+    ),
+    "OA_RECALL_KEEP_COMMANDS": (
+        'Commands kept even when nothing listens to them; ``["*"]`` keeps every command. See'
+        " the keep policy in :doc:`events`."
+    ),
+    "OA_RECALL_SKIP_COMMANDS": (
+        "Commands never kept, even when receivers listen (they run without dedup or replay). The"
+        ' recall cannot be named here, nor ``"*"``.'
+    ),
+    "OA_RECALL_JOURNAL": (
+        "``True`` (or a file path, relative to the instance folder) keeps each unfinished"
+        " delivery in a SQLite journal on this host as well, so that ``replay`` brings back what"
+        " a store that forgot has lost (see :doc:`failure-modes`)."
+    ),
+}
+
+_KEYS = (*REQUIRED, *DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -187,9 +259,9 @@ def _keep_policy(config: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[s
 def parse_settings(config: Mapping[str, Any]) -> Settings:
     """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault.
 
-    :raises ~flask_oa_recall.errors.MissingConfig: if ``OA_RECALL_SDKAPPID`` is not set.
-    :raises ~flask_oa_recall.errors.ConfigError: if a value is malformed
-        (:class:`~flask_oa_recall.errors.ConfigTypeError` if it has the wrong type).
+    :raises ~flask_oa_recall.MissingConfig: if ``OA_RECALL_SDKAPPID`` is not set.
+    :raises ~flask_oa_recall.ConfigError: if a value is malformed
+        (:class:`~flask_oa_recall.ConfigTypeError` if it has the wrong type).
     """
     raw_ids = config.get("OA_RECALL_SDKAPPID")
     if raw_ids is None or raw_ids == "" or (isinstance(raw_ids, Collection) and not raw_ids):

@@ -44,13 +44,13 @@ class OARecall:
     def init_app(self, app: Flask) -> None:
         """Validate the config, open the store and mount the callback route on ``app``.
 
-        :raises ~flask_oa_recall.errors.SetupError: if the extension is already set up on
+        :raises ~flask_oa_recall.SetupError: if the extension is already set up on
             ``app`` (a :class:`RuntimeError` too).
-        :raises ~flask_oa_recall.errors.MissingConfig: if ``OA_RECALL_SDKAPPID`` is missing (a
+        :raises ~flask_oa_recall.MissingConfig: if ``OA_RECALL_SDKAPPID`` is missing (a
             :class:`RuntimeError` too).
-        :raises ~flask_oa_recall.errors.ConfigError: if a config value is malformed; the
+        :raises ~flask_oa_recall.ConfigError: if a config value is malformed; the
             message names the key (a :class:`ValueError` too).
-        :raises ~flask_oa_recall.errors.MissingDependency: if the store needs an extra that is
+        :raises ~flask_oa_recall.MissingDependency: if the store needs an extra that is
             not installed.
         """
         if EXTENSION_KEY in app.extensions:

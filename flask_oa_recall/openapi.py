@@ -433,7 +433,7 @@ def build_spec(app: Flask, *, server_url: str | None = None) -> dict[str, Any]:
 
     :param app: an app with the extension set up; its config decides the details.
     :param server_url: the public base URL to list under ``servers``, if any.
-    :raises ~flask_oa_recall.errors.MissingDependency: if apispec (the ``openapi`` extra) is
+    :raises ~flask_oa_recall.MissingDependency: if apispec (the ``openapi`` extra) is
         not installed (a :class:`RuntimeError` too).
     """
     try:

@@ -482,7 +482,7 @@ def signed_query(
     :param client_ip: ``ClientIP``, or ``None`` to leave it out.
     :param platform: ``OptPlatform``, or ``None`` to leave it out.
     :param extra: more parameters, added last (a name given twice makes the query ambiguous).
-    :raises ~flask_oa_recall.errors.ConfigError: if no SdkAppid is known (a
+    :raises ~flask_oa_recall.ConfigError: if no SdkAppid is known (a
         :class:`ValueError` too).
     """
     default_id, default_token = _config_defaults(app)

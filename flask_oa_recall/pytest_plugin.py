@@ -29,6 +29,9 @@ Fixtures (all function-scoped):
 
 - ``oa_recall_decision_failures``: the deciders that failed during the test (a list of
   :class:`~flask_oa_recall.testing.DecisionFailure`).
+- ``oa_recall_store``: the app's delivery store, opened afresh for the test. The fixtures above
+  use it, so with ``OA_RECALL_STORE = "memory://"`` every test starts with an empty store, even
+  when the app is created once, at import, and kept from test to test.
 
 Disable it with ``-p no:oa_recall``.
 """
@@ -44,6 +47,8 @@ from werkzeug.test import TestResponse
 
 from .decisions import Decision
 from .events import Callback, OfficialAccountEvent, RecallEvent
+from .state import get_state
+from .store import Store
 from .testing import (
     Captured,
     DecisionFailure,
@@ -65,6 +70,7 @@ __all__ = [
     "oa_recall_decision_failures",
     "oa_recall_events",
     "oa_recall_post",
+    "oa_recall_store",
     "oa_recall_typed_events",
     "oa_recall_url",
 ]
@@ -95,7 +101,21 @@ class OARecallUrl(Protocol):
 
 
 @pytest.fixture
-def oa_recall_post(app: Flask) -> OARecallPost:
+def oa_recall_store(app: Flask) -> Iterator[Store]:
+    """The store ``app`` keeps deliveries in, opened afresh for this test.
+
+    The app's stores are closed before the test and after it, so the next request opens them
+    again: a ``memory://`` store then starts empty, and what one test sent is no duplicate in
+    the next. A SQLite or Redis store keeps its data: use ``memory://`` in tests.
+    """
+    state = get_state(app)
+    state.close()
+    yield state.store(state.settings(app.config))
+    state.close()
+
+
+@pytest.fixture
+def oa_recall_post(app: Flask, oa_recall_store: Store) -> OARecallPost:
     """Post a signed callback to ``app`` in one line: ``oa_recall_post(msg_keys=["1_1_1"])``.
 
     Keyword arguments are those of :func:`flask_oa_recall.testing.post_callback`
@@ -110,7 +130,7 @@ def oa_recall_post(app: Flask) -> OARecallPost:
 
 
 @pytest.fixture
-def oa_recall_captured(app: Flask) -> Iterator[Captured]:
+def oa_recall_captured(app: Flask, oa_recall_store: Store) -> Iterator[Captured]:
     """Everything ``app`` emits during the test: recalls, callbacks, rejections, failures."""
     with capture(app) as seen:
         yield seen
@@ -136,7 +156,7 @@ def oa_recall_callbacks(oa_recall_captured: Captured) -> list[Callback]:
 
 
 @pytest.fixture
-def oa_recall_url(app: Flask) -> OARecallUrl:
+def oa_recall_url(app: Flask, oa_recall_store: Store) -> OARecallUrl:
     """Build ``/path?signed-query`` for ``app``: ``oa_recall_url(command="...")``."""
 
     def url(**query: Any) -> str:

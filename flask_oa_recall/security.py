@@ -29,6 +29,7 @@ QUERY_NAMES = {
 def sign(token: str, request_time: str | int) -> str:
     """Compute Tencent's ``Sign`` for ``token`` at ``request_time`` (Unix seconds).
 
+    >>> from flask_oa_recall.testing import sign
     >>> sign("xxxxyyyy", "1669872112")
     '17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061'
     """

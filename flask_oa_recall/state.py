@@ -177,8 +177,8 @@ def _warn_unauthenticated(app_ids: list[int], *, every: bool) -> None:
 def setup_app(app: Flask) -> OARecallState:
     """Set the config defaults, validate the config and create the state; once per app.
 
-    :raises ~flask_oa_recall.errors.ConfigError: if a config value is malformed or missing.
-    :raises ~flask_oa_recall.errors.MissingDependency: if the store needs an extra.
+    :raises ~flask_oa_recall.ConfigError: if a config value is malformed or missing.
+    :raises ~flask_oa_recall.MissingDependency: if the store needs an extra.
     """
     state = app.extensions.get(EXTENSION_KEY)
     if isinstance(state, OARecallState):
@@ -196,7 +196,7 @@ def setup_app(app: Flask) -> OARecallState:
 def get_state(app: Flask) -> OARecallState:
     """The state of ``app``.
 
-    :raises ~flask_oa_recall.errors.NotSetUp: if the extension is not set up on ``app`` (a
+    :raises ~flask_oa_recall.NotSetUp: if the extension is not set up on ``app`` (a
         :class:`RuntimeError` too).
     """
     state = app.extensions.get(EXTENSION_KEY)

@@ -45,7 +45,7 @@ def app():
     return create_app({"TESTING": True, "OA_RECALL_STORE": "memory://"})
 """
 
-# The README's example, verbatim.
+# The testing example the README gave before the documentation moved to docs/.
 README_TEST = """
 def test_recall_hides_the_message(app, oa_recall_post, oa_recall_events):
     response = oa_recall_post(msg_keys=["71_1_1698741698"])
@@ -105,6 +105,51 @@ def test_a_host_project_tests_its_receivers_with_the_fixtures_alone(
     assert "warning" not in result.stdout.str().lower()
 
 
+MODULE_LEVEL_APP = """
+from flask import Flask
+from flask_oa_recall import OARecall
+
+app = Flask(__name__)
+app.config.update(OA_RECALL_SDKAPPID=1400000000, OA_RECALL_TOKENS=["console-token"])
+OARecall(app)
+"""
+
+MODULE_LEVEL_CONFTEST = """
+import pytest
+from moduleapp import app as module_app
+
+
+@pytest.fixture
+def app():
+    module_app.config.update(TESTING=True, OA_RECALL_STORE="memory://")
+    return module_app
+"""
+
+SAME_KEY_TWICE = """
+def test_first(oa_recall_post, oa_recall_events):
+    oa_recall_post(msg_keys=["71_1_1698741698"])
+    assert len(oa_recall_events) == 1
+
+
+def test_second_sends_the_same_key(oa_recall_post, oa_recall_events, oa_recall_store):
+    assert oa_recall_store.deliveries() == []
+    oa_recall_post(msg_keys=["71_1_1698741698"])
+    assert len(oa_recall_events) == 1
+    assert len(oa_recall_store.deliveries()) == 1
+"""
+
+
+def test_a_module_level_app_gets_an_empty_memory_store_in_every_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
+    pytester.makepyfile(
+        moduleapp=MODULE_LEVEL_APP, conftest=MODULE_LEVEL_CONFTEST, test_twice=SAME_KEY_TWICE
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
 def test_the_fixtures_are_listed_with_their_documentation(host_project: pytest.Pytester) -> None:
     result = host_project.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
     assert result.ret == 0
@@ -115,6 +160,7 @@ def test_the_fixtures_are_listed_with_their_documentation(host_project: pytest.P
         "oa_recall_callbacks",
         "oa_recall_captured",
         "oa_recall_url",
+        "oa_recall_store",
     ):
         assert name in output
     assert "Post a signed callback to ``app`` in one line" in output

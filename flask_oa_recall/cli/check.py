@@ -26,9 +26,19 @@ __all__ = ["Finding", "check_command", "run_checks"]
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
-#: Tokens from Tencent's documentation samples and this project's example; anyone can sign
-#: with them.
-SAMPLE_TOKENS = frozenset({"xxxxyyyy", "xxxyyy", "change-me"})
+#: Tokens from Tencent's documentation samples and from this project's documentation and
+#: examples; anyone can sign with them. (A test checks that every token the docs show is here.)
+SAMPLE_TOKENS = frozenset(
+    {
+        "xxxxyyyy",
+        "xxxyyy",
+        "change-me",
+        "token-from-the-console",
+        "console-token",
+        "old-token",
+        "new-token",
+    }
+)
 
 _COLOURS = {OK: "green", WARN: "yellow", FAIL: "red"}
 

@@ -30,8 +30,10 @@ from ..responses import OK_BODY
 
 __all__ = ["send_command"]
 
-#: Where ``send`` posts when no ``--url`` is given: ``flask run``'s default address.
-DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+#: Where ``send`` posts when no ``--url`` is given: gunicorn's default address, where the
+#: documentation's Quick start and the example serve the app (``flask run`` users give
+#: ``--url http://127.0.0.1:5000``).
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 #: How long Tencent waits for an answer.
 _BUDGET_SECONDS = TENCENT_TIMEOUT_SECONDS
@@ -149,8 +151,8 @@ def send_command(
     """Send a signed callback to a running server, as Tencent would.
 
     By default a recall of one fresh MsgKey, signed with this app's SdkAppid and first token,
-    to this app's route on 127.0.0.1:5000. Prints the status and the answer; the exit status
-    is 0 only for HTTP 200 with the OK envelope. For a before-command (``--command
+    to this app's route on 127.0.0.1:8000 (gunicorn's default address). Prints the status
+    and the answer; the exit status is 0 only for HTTP 200 with the OK envelope. For a before-command (``--command
     OfficialAccount.CallbackBeforeSendMsg --text ...``) it also prints the decision's fields,
     and any decision the server answered with ``ActionStatus`` ``OK`` counts as success.
     """

@@ -36,8 +36,8 @@ DEFAULT_SQLITE_NAME = "oa_recall.sqlite3"
 def open_store(url: str | None, instance_path: str) -> Store:
     """Open the store that ``OA_RECALL_STORE`` names.
 
-    :raises ~flask_oa_recall.errors.ConfigError: if the URL names no store this package has.
-    :raises ~flask_oa_recall.errors.MissingDependency: for a Redis or PostgreSQL URL without
+    :raises ~flask_oa_recall.ConfigError: if the URL names no store this package has.
+    :raises ~flask_oa_recall.MissingDependency: for a Redis or PostgreSQL URL without
         the ``redis`` or ``postgres`` extra installed.
     """
     if url is None:

@@ -119,7 +119,7 @@ class Store(Protocol):
     layout_version: int
     """The layout (tables, keys) this code reads and writes: a class attribute, 1 for 0.1.0's
     layout. Each store records the version it holds; opening a store that holds an older one
-    migrates it in one atomic step or raises :class:`~flask_oa_recall.errors.LayoutError`
+    migrates it in one atomic step or raises :class:`~flask_oa_recall.LayoutError`
     naming the command to run, and a newer one raises ``LayoutError``."""
 
     def stored_layout_version(self) -> int | None:
@@ -134,9 +134,9 @@ class Store(Protocol):
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease a kept delivery again for a replay: count the attempt, re-claim its messages.
 
-        :raises ~flask_oa_recall.errors.UnknownDelivery: if no such delivery is kept (a
+        :raises ~flask_oa_recall.UnknownDelivery: if no such delivery is kept (a
             :class:`KeyError` too).
-        :raises ~flask_oa_recall.errors.DeliveryBusy: if a live worker holds it.
+        :raises ~flask_oa_recall.DeliveryBusy: if a live worker holds it.
         """
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
