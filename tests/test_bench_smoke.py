@@ -18,17 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _package_logger_level_restored() -> Iterator[None]:
-    # bench.apps quiets the package's logger for the benchmark's output; the in-process tests
-    # here must not leave it quiet for the rest of the suite, whose caplog tests read warnings.
-    logger = logging.getLogger("flask_oa_recall")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 EXPECTED_ROWS = (
     "| floor: bare Flask route",
     "| memory store, signed, 1 MsgKey |",
