@@ -152,9 +152,10 @@ def send_command(
 
     By default a recall of one fresh MsgKey, signed with this app's SdkAppid and first token,
     to this app's route on 127.0.0.1:8000 (gunicorn's default address). Prints the status
-    and the answer; the exit status is 0 only for HTTP 200 with the OK envelope. For a before-command (``--command
-    OfficialAccount.CallbackBeforeSendMsg --text ...``) it also prints the decision's fields,
-    and any decision the server answered with ``ActionStatus`` ``OK`` counts as success.
+    and the answer; the exit status is 0 only for HTTP 200 with the OK envelope. For a
+    before-command (``--command OfficialAccount.CallbackBeforeSendMsg --text ...``) it also
+    prints the decision's fields, and any decision the server answered with ``ActionStatus``
+    ``OK`` counts as success.
     """
     app = current_app
     scheme, netloc, path = _target(url, callback_path(app))
