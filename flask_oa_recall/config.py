@@ -256,13 +256,11 @@ def _keep_policy(config: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[s
     return keep, skip
 
 
-def parse_settings(config: Mapping[str, Any]) -> Settings:
-    """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault.
+def _value(config: Mapping[str, Any], key: str) -> Any:
+    return config.get(key, DEFAULTS[key])
 
-    :raises ~flask_oa_recall.MissingConfig: if ``OA_RECALL_SDKAPPID`` is not set.
-    :raises ~flask_oa_recall.ConfigError: if a value is malformed
-        (:class:`~flask_oa_recall.ConfigTypeError` if it has the wrong type).
-    """
+
+def _sdk_app_ids(config: Mapping[str, Any]) -> frozenset[int]:
     raw_ids = config.get("OA_RECALL_SDKAPPID")
     if raw_ids is None or raw_ids == "" or (isinstance(raw_ids, Collection) and not raw_ids):
         raise MissingConfig(
@@ -271,91 +269,105 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
             " (an int, or a list of ints).",
         )
     items = raw_ids if isinstance(raw_ids, list | tuple | set | frozenset) else [raw_ids]
-    sdk_app_ids = frozenset(_int("OA_RECALL_SDKAPPID", i) for i in items)
+    return frozenset(_int("OA_RECALL_SDKAPPID", i) for i in items)
 
-    path = config.get("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
+
+def _path(config: Mapping[str, Any]) -> str:
+    path = _value(config, "OA_RECALL_PATH")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError("OA_RECALL_PATH", f"OA_RECALL_PATH must start with '/', got {path!r}.")
-    max_body = config.get("OA_RECALL_MAX_BODY_BYTES", DEFAULTS["OA_RECALL_MAX_BODY_BYTES"])
-    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
-        raise ConfigError(
-            "OA_RECALL_MAX_BODY_BYTES",
-            f"OA_RECALL_MAX_BODY_BYTES must be a positive int, got {max_body!r}.",
-        )
+    return path
+
+
+def _positive_int(config: Mapping[str, Any], key: str) -> int:
+    value = _value(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"{key} must be a positive int, got {value!r}.")
+    return value
+
+
+def _one_of(config: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = _value(config, key)
+    if value not in choices:
+        raise ConfigError(key, f"{key} must be one of {choices}, got {value!r}.")
+    return str(value)
+
+
+def _store_url(config: Mapping[str, Any]) -> str | None:
     store = config.get("OA_RECALL_STORE")
     if store is not None and not isinstance(store, str):
         raise ConfigTypeError("OA_RECALL_STORE", "OA_RECALL_STORE must be a URL string or None.")
-    dispatch = config.get("OA_RECALL_DISPATCH", DEFAULTS["OA_RECALL_DISPATCH"])
-    if dispatch not in DISPATCH_MODES:
-        raise ConfigError(
-            "OA_RECALL_DISPATCH",
-            f"OA_RECALL_DISPATCH must be one of {DISPATCH_MODES}, got {dispatch!r}.",
-        )
-    share = _number(
-        "OA_RECALL_SLOW_DISPATCH_SHARE",
-        config.get("OA_RECALL_SLOW_DISPATCH_SHARE", DEFAULTS["OA_RECALL_SLOW_DISPATCH_SHARE"]),
-        minimum=0,
-    )
-    decision_seconds = config.get(
-        "OA_RECALL_DECISION_SECONDS", DEFAULTS["OA_RECALL_DECISION_SECONDS"]
-    )
+    return store
+
+
+def _decision_seconds(config: Mapping[str, Any]) -> float:
+    seconds = _value(config, "OA_RECALL_DECISION_SECONDS")
     if (
-        isinstance(decision_seconds, bool)
-        or not isinstance(decision_seconds, int | float)
-        or not 0 < decision_seconds < TENCENT_TIMEOUT_SECONDS
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < TENCENT_TIMEOUT_SECONDS
     ):
         raise ConfigError(
             "OA_RECALL_DECISION_SECONDS",
             "OA_RECALL_DECISION_SECONDS must be a number of seconds above 0 and below Tencent's"
-            f" {TENCENT_TIMEOUT_SECONDS:g} s timeout, got {decision_seconds!r}.",
+            f" {TENCENT_TIMEOUT_SECONDS:g} s timeout, got {seconds!r}.",
         )
-    fallback = config.get("OA_RECALL_DECISION_FALLBACK", DEFAULTS["OA_RECALL_DECISION_FALLBACK"])
-    if fallback not in DECISION_FALLBACKS:
-        raise ConfigError(
-            "OA_RECALL_DECISION_FALLBACK",
-            f"OA_RECALL_DECISION_FALLBACK must be one of {DECISION_FALLBACKS}, got {fallback!r}.",
-        )
-    threads = config.get("OA_RECALL_DECISION_THREADS", DEFAULTS["OA_RECALL_DECISION_THREADS"])
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(
-            "OA_RECALL_DECISION_THREADS",
-            f"OA_RECALL_DECISION_THREADS must be a positive int, got {threads!r}.",
-        )
-    keep_commands, skip_commands = _keep_policy(config)
-    journal = config.get("OA_RECALL_JOURNAL", DEFAULTS["OA_RECALL_JOURNAL"])
+    return float(seconds)
+
+
+def _journal(config: Mapping[str, Any]) -> str | None:
+    journal = _value(config, "OA_RECALL_JOURNAL")
     if journal is True:
-        journal = DEFAULT_JOURNAL_NAME
-    elif journal is False or journal is None:
-        journal = None
-    elif not isinstance(journal, str) or not journal:
+        return DEFAULT_JOURNAL_NAME
+    if journal is False or journal is None:
+        return None
+    if not isinstance(journal, str) or not journal:
         raise ConfigError(
             "OA_RECALL_JOURNAL",
             f"OA_RECALL_JOURNAL must be True, False or the journal file's path, got {journal!r}.",
         )
+    return journal
+
+
+def parse_settings(config: Mapping[str, Any]) -> Settings:
+    """Validate the ``OA_RECALL_*`` keys of ``config``; errors name the key at fault.
+
+    :raises ~flask_oa_recall.MissingConfig: if ``OA_RECALL_SDKAPPID`` is not set.
+    :raises ~flask_oa_recall.ConfigError: if a value is malformed
+        (:class:`~flask_oa_recall.ConfigTypeError` if it has the wrong type).
+    """
+    sdk_app_ids = _sdk_app_ids(config)
+    path = _path(config)
+    max_body_bytes = _positive_int(config, "OA_RECALL_MAX_BODY_BYTES")
+    store_url = _store_url(config)
+    dispatch = _one_of(config, "OA_RECALL_DISPATCH", DISPATCH_MODES)
+    share = _number(
+        "OA_RECALL_SLOW_DISPATCH_SHARE", _value(config, "OA_RECALL_SLOW_DISPATCH_SHARE"), minimum=0
+    )
+    decision_seconds = _decision_seconds(config)
+    decision_fallback = _one_of(config, "OA_RECALL_DECISION_FALLBACK", DECISION_FALLBACKS)
+    decision_threads = _positive_int(config, "OA_RECALL_DECISION_THREADS")
+    keep_commands, skip_commands = _keep_policy(config)
     return Settings(
         sdk_app_ids=sdk_app_ids,
         tokens=_tokens(config.get("OA_RECALL_TOKENS"), sdk_app_ids),
         path=path,
         max_skew_seconds=_number(
-            "OA_RECALL_MAX_SKEW_SECONDS",
-            config.get("OA_RECALL_MAX_SKEW_SECONDS", DEFAULTS["OA_RECALL_MAX_SKEW_SECONDS"]),
-            minimum=0,
+            "OA_RECALL_MAX_SKEW_SECONDS", _value(config, "OA_RECALL_MAX_SKEW_SECONDS"), minimum=0
         ),
-        max_body_bytes=max_body,
-        store_url=store,
+        max_body_bytes=max_body_bytes,
+        store_url=store_url,
         dispatch=dispatch,
         slow_dispatch_seconds=share * TENCENT_TIMEOUT_SECONDS,
         lease_seconds=_number(
-            "OA_RECALL_LEASE_SECONDS",
-            config.get("OA_RECALL_LEASE_SECONDS", DEFAULTS["OA_RECALL_LEASE_SECONDS"]),
-            minimum=0.001,
+            "OA_RECALL_LEASE_SECONDS", _value(config, "OA_RECALL_LEASE_SECONDS"), minimum=0.001
         ),
-        decision_seconds=float(decision_seconds),
-        decision_fallback=fallback,
-        decision_threads=threads,
+        decision_seconds=decision_seconds,
+        decision_fallback=decision_fallback,
+        decision_threads=decision_threads,
         keep_commands=keep_commands,
         skip_commands=skip_commands,
-        journal=journal,
+        journal=_journal(config),
     )
 
 
