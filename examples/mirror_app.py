@@ -19,6 +19,9 @@ Configuration comes from the environment:
   instance folder);
 - ``MIRROR_BLOCKED_WORD``: the word the moderation decider denies (default ``forbidden``; empty
   turns moderation off).
+- ``OA_RECALL_ADMIN_PASSWORD``: the password of the operator page at ``/oa-recall-admin/``
+  (user ``operator``; without it the page refuses every request). ``/metrics`` is served when
+  the ``metrics`` extra is installed. See ``mirror_ops.py``.
 
 Run it with ``gunicorn -c examples/gunicorn.conf.py`` from the project's root.
 """
@@ -30,6 +33,7 @@ import sqlite3
 from typing import Any
 
 from flask import Flask, current_app, jsonify
+from mirror_ops import add_operations
 
 from flask_oa_recall import (
     Callback,
@@ -146,6 +150,7 @@ def create_app() -> Flask:
         ),
         MIRROR_BLOCKED_WORD=os.environ.get("MIRROR_BLOCKED_WORD", "forbidden").strip(),
     )
+    add_operations(app)
     oa_recall.init_app(app)
     _init_database(app)
     message_sent.connect(on_sent, app, weak=False)

@@ -20,6 +20,7 @@ from .errors import (
     OARecallError,
     SetupError,
     StoreError,
+    StoreUnavailable,
     UnknownDelivery,
 )
 from .events import (
@@ -82,6 +83,7 @@ __all__ = [
     "Rejection",
     "SetupError",
     "StoreError",
+    "StoreUnavailable",
     "SubscriberLimitReachedEvent",
     "SubscribersAddedEvent",
     "SubscribersDeletedEvent",

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -21,12 +21,17 @@ from .delivery import new_delivery_id, run, start
 from .errors import CallbackRejected
 from .events import RECALL_COMMAND
 from .kinds import KINDS, Event, EventKind
+from .logging import log_rejection
 from .parsing import build_callback, parse_body, resolve_command
 from .responses import REJECTIONS, answer_response, ok_response, reject_response
 from .security import canonical_query, check_sdk_app_id, check_signature
 from .signals import callback_received, callback_rejected
 from .state import OARecallState, get_state, setup_app
 from .store import NewDelivery
+from .tracing import annotate_current, decision_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["create_blueprint"]
 
@@ -91,7 +96,7 @@ def _query_pairs() -> list[tuple[str, str]]:
 
 def _reject(app: Flask, err: CallbackRejected) -> Response:
     rejection = err.rejection
-    logger.info("rejected a callback (%s): %s", err.reason, err.info)
+    log_rejection(err)
     try:
         callback_rejected.send(
             app,
@@ -102,6 +107,7 @@ def _reject(app: Flask, err: CallbackRejected) -> Response:
         )
     except Exception:
         logger.exception("a receiver of callback_rejected raised; ignored")
+    annotate_current(outcome="rejected", reason=err.reason)
     return reject_response(rejection, err.info)
 
 
@@ -188,16 +194,30 @@ def _new_delivery(
 
 def callback() -> Response:
     """Handle one request to the callback URL: verify, apply the keep policy, keep, dispatch,
-    answer; a before-callback is answered by its decider first."""
-    arrived = time.monotonic()
+    answer; a before-callback is answered by its decider first. In a span
+    ``oa_recall.callback`` when tracing."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
+    tracer = state.tracer()
+    if tracer is None:
+        return _handle(app, state, None)
+    with tracer.start_as_current_span("oa_recall.callback"):
+        return _handle(app, state, tracer)
+
+
+def _handle(app: Flask, state: OARecallState, tracer: Tracer | None) -> Response:
+    arrived = time.monotonic()
     settings = state.settings(app.config)
     try:
-        verified = verify(settings)
+        if tracer is None:
+            verified = verify(settings)
+        else:
+            with tracer.start_as_current_span("oa_recall.verify"):
+                verified = verify(settings)
         chosen = plan(app, settings, verified.command)
         before = is_before_command(verified.command)
         if chosen.idle and not before:
+            _observe(state, tracer, verified.command, "acknowledged", None)
             return ok_response()
         received_at = time.time()
         delivery_id = new_delivery_id(received_at)
@@ -209,16 +229,37 @@ def callback() -> Response:
             )
     except CallbackRejected as err:
         return _reject(app, err)
+    if tracer is not None:
+        annotate_current(
+            command=verified.command, sdk_app_id=verified.sdk_app_id, delivery_id=delivery_id
+        )
     delivery = _new_delivery(verified, event, delivery_id, received_at)
     if before:
         deadline = arrived + settings.decision_seconds
         return _answer_before(app, state, settings, delivery, verified, chosen, deadline)
-    return _keep_and_dispatch(app, state, settings, delivery, event, verified.body, chosen.keep)
+    return _keep_and_dispatch(
+        app, state, tracer, settings, delivery, event, verified.body, chosen.keep
+    )
+
+
+def _observe(
+    state: OARecallState,
+    tracer: Tracer | None,
+    command: str,
+    outcome: str,
+    received_at: float | None,
+) -> None:
+    """Count the callback's outcome (metrics on) and put it on its span (tracing on)."""
+    if state.metrics is not None:
+        state.metrics.observe(command, outcome, received_at)
+    if tracer is not None:
+        annotate_current(outcome=outcome)
 
 
 def _keep_and_dispatch(
     app: Flask,
     state: OARecallState,
+    tracer: Tracer | None,
     settings: Settings,
     delivery: NewDelivery,
     event: Event | None,
@@ -234,7 +275,8 @@ def _keep_and_dispatch(
         def dispatch_after_response() -> None:
             with app.app_context():
                 try:
-                    run(app, store, prepared, settings.slow_dispatch_seconds)
+                    outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
+                    _observe(state, None, delivery.command, outcome.status, delivery.received_at)
                 except Exception:
                     logger.exception("dispatch of delivery %s failed; it stays kept", delivery.id)
 
@@ -243,9 +285,11 @@ def _keep_and_dispatch(
 
     outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
     if keep and not prepared.kept and outcome.error is not None:
+        _observe(state, tracer, delivery.command, "not_kept", delivery.received_at)
         # Not a rejection (the receivers ran, store_failed was sent): the sender is asked to
         # send it again because nothing kept the failure for a replay.
         return reject_response(REJECTIONS["delivery_not_kept"])
+    _observe(state, tracer, delivery.command, outcome.status, delivery.received_at)
     return ok_response()
 
 
@@ -275,10 +319,22 @@ def _answer_before(
             delivery.received_at,
         )
         pool = state.decider_pool(settings.decision_threads)
-        verdict = decide(
-            app, decider, callback, request.environ, verified.raw, settings, pool, deadline
-        )
+        tracer = state.tracer()
+        if tracer is None:
+            verdict = decide(
+                app, decider, callback, request.environ, verified.raw, settings, pool, deadline
+            )
+        else:
+            with tracer.start_as_current_span("oa_recall.decision") as span:
+                verdict = decide(
+                    app, decider, callback, request.environ, verified.raw, settings, pool, deadline
+                )
+                kind, failure = verdict.decision.kind, verdict.failure
+                span.set_attributes(decision_attributes(delivery.command, kind, failure))
     decision = verdict.decision
+    if state.metrics is not None:
+        state.metrics.decided(delivery.command, decision.kind, verdict.failure)
+    _observe(state, state.tracer(), delivery.command, "decided", delivery.received_at)
     response = answer_response(decision.answer()) if decision != _ALLOW else ok_response()
     if chosen.idle and verdict.failure is None:
         return response

@@ -21,6 +21,7 @@ __all__ = [
     "TENCENT_TIMEOUT_SECONDS",
     "Settings",
     "parse_settings",
+    "validate_path",
 ]
 
 #: How long Tencent waits for an answer before it gives up.
@@ -55,6 +56,9 @@ DEFAULTS: Mapping[str, Any] = {
     "OA_RECALL_KEEP_COMMANDS": [],
     "OA_RECALL_SKIP_COMMANDS": [],
     "OA_RECALL_JOURNAL": False,
+    "OA_RECALL_STORE_REQUIRED": False,
+    "OA_RECALL_METRICS": False,
+    "OA_RECALL_TRACING": True,
 }
 
 #: The journal's file in the instance folder when ``OA_RECALL_JOURNAL = True``.
@@ -171,6 +175,10 @@ class Settings:
             or KEEP_ALL in self.keep_commands
         )
 
+    store_required: bool = False
+    metrics: bool = False
+    tracing: bool = True
+
     @property
     def authenticates(self) -> bool:
         """Whether any token is configured, i.e. ``Sign`` is checked."""
@@ -192,6 +200,24 @@ def _number(key: str, value: Any, *, minimum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise ConfigError(key, f"{key} must be a number of at least {minimum}, got {value!r}.")
     return float(value)
+
+
+def _bool(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, DEFAULTS[key])
+    if not isinstance(value, bool):
+        raise ConfigTypeError(key, f"{key} must be True or False, got {value!r}.")
+    return value
+
+
+def validate_path(value: Any) -> str:
+    """``OA_RECALL_PATH``, or a :class:`~flask_oa_recall.errors.ConfigError` naming the key.
+
+    ``init_app`` checks it before mounting the route: Werkzeug's own error would not say which
+    setting is wrong.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError("OA_RECALL_PATH", f"OA_RECALL_PATH must start with '/', got {value!r}.")
+    return value
 
 
 def _token_list(key: str, value: Any) -> tuple[str, ...]:
@@ -273,10 +299,7 @@ def _sdk_app_ids(config: Mapping[str, Any]) -> frozenset[int]:
 
 
 def _path(config: Mapping[str, Any]) -> str:
-    path = _value(config, "OA_RECALL_PATH")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ConfigError("OA_RECALL_PATH", f"OA_RECALL_PATH must start with '/', got {path!r}.")
-    return path
+    return validate_path(_value(config, "OA_RECALL_PATH"))
 
 
 def _positive_int(config: Mapping[str, Any], key: str) -> int:
@@ -368,6 +391,9 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         keep_commands=keep_commands,
         skip_commands=skip_commands,
         journal=_journal(config),
+        store_required=_bool(config, "OA_RECALL_STORE_REQUIRED"),
+        metrics=_bool(config, "OA_RECALL_METRICS"),
+        tracing=_bool(config, "OA_RECALL_TRACING"),
     )
 
 

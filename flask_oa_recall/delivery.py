@@ -17,6 +17,7 @@ from .parsing import build_callback, parse_body
 from .security import canonical_query
 from .signals import store_failed
 from .store import Claim, Delivery, NewDelivery, Outcome, Store
+from .tracing import tracer_for
 
 __all__ = ["Prepared", "finish", "new_delivery_id", "prepare_replay", "run", "start"]
 
@@ -42,7 +43,14 @@ class Prepared:
 
 
 def _store_failed(app: Flask, err: Exception, delivery_id: str, what: str) -> None:
-    logger.error("delivery %s could not be %s: %s", delivery_id, what, err)
+    logger.error(
+        "delivery %s could not be %s: %s",
+        delivery_id,
+        what,
+        err,
+        exc_info=err,
+        extra={"delivery_id": delivery_id},
+    )
     try:
         store_failed.send(
             app, _async_wrapper=app.ensure_sync, exception=err, delivery_id=delivery_id
@@ -68,8 +76,13 @@ def start(
     """
     if store is None:
         return Prepared(delivery, _claim_all(delivery), False, event, body, query)
+    tracer = tracer_for(app)
     try:
-        claim = store.begin(delivery, lease_seconds)
+        if tracer is None:
+            claim = store.begin(delivery, lease_seconds)
+        else:
+            with tracer.start_as_current_span("oa_recall.keep"):
+                claim = store.begin(delivery, lease_seconds)
         kept = True
     except StoreError as err:
         _store_failed(app, err, delivery.id, "kept")

@@ -16,6 +16,7 @@ from .events import Callback
 from .kinds import Event, kind_of
 from .signals import callback_received, receiver_failed
 from .store import Claim, DeliveryStatus, Outcome
+from .tracing import tracer_for
 
 __all__ = ["dispatch", "receiver_name"]
 
@@ -31,10 +32,17 @@ def receiver_name(receiver: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _call(app: Flask, receiver: Callable[..., Any], **kwargs: Any) -> None:
+def _call(app: Flask, receiver: Callable[..., Any], name: str, **kwargs: Any) -> None:
     if inspect.iscoroutinefunction(receiver):
         receiver = app.ensure_sync(receiver)
-    receiver(app, **kwargs)
+    tracer = tracer_for(app)
+    if tracer is None:
+        receiver(app, **kwargs)
+        return
+    with tracer.start_as_current_span(
+        "oa_recall.receiver", attributes={"oa_recall.receiver": name}
+    ):
+        receiver(app, **kwargs)
 
 
 def _report(app: Flask, name: str, signal_name: str, exc: Exception, delivery_id: str) -> None:
@@ -44,6 +52,7 @@ def _report(app: Flask, name: str, signal_name: str, exc: Exception, delivery_id
         signal_name,
         delivery_id,
         exc_info=exc,
+        extra={"receiver": name, "signal": signal_name, "delivery_id": delivery_id},
     )
     try:
         receiver_failed.send(
@@ -104,7 +113,7 @@ def _per_delivery(app: Flask, claim: Claim, callback: Callback, attempt: _Attemp
         if name in claim.receivers_ok:
             continue
         try:
-            _call(app, receiver, callback=callback)
+            _call(app, receiver, name, callback=callback)
         except Exception as exc:
             attempt.failure(name, _failure_text(name, exc))
             _report(app, name, "callback_received", exc, callback.delivery_id)
@@ -127,7 +136,7 @@ def _per_key(app: Flask, claim: Claim, callback: Callback, event: Event, attempt
             continue
         given = event if len(keys) == len(all_keys) else event.only(set(keys))
         try:
-            _call(app, receiver, event=given)
+            _call(app, receiver, name, event=given)
         except Exception as exc:
             attempt.failure(name, _failure_text(name, exc))
             attempt.failed.update(keys)

@@ -24,6 +24,7 @@ __all__ = [
     "OARecallError",
     "SetupError",
     "StoreError",
+    "StoreUnavailable",
     "UnknownDelivery",
 ]
 
@@ -161,3 +162,13 @@ class DeliveryBusy(OARecallError):
         self.delivery_id: str = delivery_id
         """The delivery's ID."""
         super().__init__(f"delivery {delivery_id!r} is leased by a live worker")
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be read and written at start-up, and ``OA_RECALL_STORE_REQUIRED``
+    is true.
+
+    :param key: the config key that made this an error, ``"OA_RECALL_STORE_REQUIRED"``.
+    """
+
+    key = "OA_RECALL_STORE_REQUIRED"

@@ -8,7 +8,7 @@ from typing import TypeVar
 from flask import Flask
 
 from .blueprint import create_blueprint
-from .config import DEFAULTS
+from .config import DEFAULTS, validate_path
 from .deciders import Decider, check_before_command
 from .dispatch import receiver_name
 from .errors import SetupError
@@ -52,13 +52,15 @@ class OARecall:
             message names the key (a :class:`ValueError` too).
         :raises ~flask_oa_recall.MissingDependency: if the store needs an extra that is
             not installed.
+        :raises ~flask_oa_recall.errors.StoreUnavailable: if ``OA_RECALL_STORE_REQUIRED`` is
+            true and the store cannot be read and written.
         """
         if EXTENSION_KEY in app.extensions:
             raise SetupError(
                 "OARecall is already registered on this app. Call OARecall(app) or"
                 " init_app(app) once per app, and do not also register create_blueprint()."
             )
-        path = app.config.setdefault("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"])
+        path = validate_path(app.config.setdefault("OA_RECALL_PATH", DEFAULTS["OA_RECALL_PATH"]))
         app.register_blueprint(create_blueprint(self.blueprint_name), url_prefix=path)
         # The registry itself, not a copy: deciders registered after init_app count too.
         get_state(app).deciders = self._deciders

@@ -7,24 +7,31 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from .config import DEFAULTS, Settings, SettingsCache
 from .deciders import Decider, DeciderPool
 from .durability import ForgetReport, ForgetWatch, Marked, warn_if_forgetful
-from .errors import NotSetUp, StoreError
+from .errors import MissingDependency, NotSetUp, StoreError, StoreUnavailable
 from .guarded import GuardedStore
 from .journal import Journal
 from .signals import store_forgot
 from .store import Store, open_store
+from .store.url import redact_url
+from .tracing import TRACING_INSTALLED, active_tracer, load_provider
 
-__all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "setup_app"]
+__all__ = ["EXTENSION_KEY", "OARecallState", "get_state", "probe_store", "setup_app"]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from .metrics import Metrics
 
 EXTENSION_KEY = "oa_recall"
 
-logger = logging.getLogger("flask_oa_recall")
+logger = logging.getLogger(__name__)
 
 
 class OARecallState:
@@ -45,6 +52,11 @@ class OARecallState:
         #: instance set up on this app (shared, so later registrations count), else empty.
         self.deciders: Mapping[str, Decider] = {}
         self._pool: DeciderPool | None = None
+        #: The process's :class:`~flask_oa_recall.metrics.Metrics` when ``OA_RECALL_METRICS``
+        #: is on, else ``None``.
+        self.metrics: Metrics | None = None
+        #: Whether spans may be created (``OA_RECALL_TRACING`` and the API installed).
+        self.tracing = False
 
     def settings(self, config: Any) -> Settings:
         """The validated ``OA_RECALL_*`` settings for ``config`` as it is now."""
@@ -151,6 +163,15 @@ class OARecallState:
             logger.debug("cannot read the store's persistence at start-up: %s", err)
         store.watch.check()
 
+    def tracer(self) -> Tracer | None:
+        """The tracer to create spans with, or ``None`` (tracing off or not configured)."""
+        return active_tracer() if self.tracing else None
+
+    def open_stores(self) -> list[Store]:
+        """The stores opened so far."""
+        with self._lock:
+            return list(self._stores.values())
+
     def close(self) -> None:
         """Close every store this state opened."""
         with self._lock:
@@ -174,11 +195,51 @@ def _warn_unauthenticated(app_ids: list[int], *, every: bool) -> None:
         )
 
 
+def probe_store(store: Store, *, required: bool) -> None:
+    """Ping ``store`` once at start-up: a loud warning if it fails, or, if ``required``,
+    :class:`~flask_oa_recall.errors.StoreUnavailable`."""
+    try:
+        store.ping()
+    except StoreError as err:
+        where = redact_url(store.url)
+        if required:
+            raise StoreUnavailable(
+                f"OA_RECALL_STORE_REQUIRED is True and the delivery store {where} cannot be read"
+                f" and written: {err}"
+            ) from err
+        logger.warning(
+            "THE DELIVERY STORE IS UNREACHABLE: %s cannot be read and written (%s). Until it"
+            " answers, callbacks are still verified, dispatched and answered, but NOT KEPT:"
+            " a redelivered recall is dispatched again (no dedup), and a callback whose"
+            " receiver fails is answered 503 (delivery_not_kept) so that Tencent may send it"
+            " again, since nothing is left to replay. Every callback tries the store again."
+            " Set OA_RECALL_STORE_REQUIRED = True to refuse to start instead; run"
+            " 'flask oa-recall check' to test the store.",
+            where,
+            err,
+            extra={"store": where},
+        )
+
+
+def _install_metrics(app: Flask, state: OARecallState) -> None:
+    try:
+        from . import metrics
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise MissingDependency(
+            "metrics", "OA_RECALL_METRICS is True, which needs prometheus_client"
+        ) from err
+    metrics.install(app, state)
+    state.metrics = metrics.get_metrics()
+
+
 def setup_app(app: Flask) -> OARecallState:
     """Set the config defaults, validate the config and create the state; once per app.
 
     :raises ~flask_oa_recall.ConfigError: if a config value is malformed or missing.
-    :raises ~flask_oa_recall.MissingDependency: if the store needs an extra.
+    :raises ~flask_oa_recall.MissingDependency: if the store, or ``OA_RECALL_METRICS``, needs
+        an extra.
+    :raises ~flask_oa_recall.StoreUnavailable: if ``OA_RECALL_STORE_REQUIRED`` is true and the
+        store cannot be read and written.
     """
     state = app.extensions.get(EXTENSION_KEY)
     if isinstance(state, OARecallState):
@@ -189,6 +250,12 @@ def setup_app(app: Flask) -> OARecallState:
     settings = state.settings(app.config)
     state.store(settings)  # an unknown OA_RECALL_STORE fails here, at start-up
     state.check_store(settings)
+    probe_store(state.store(settings), required=settings.store_required)
+    if settings.metrics:
+        _install_metrics(app, state)
+    state.tracing = settings.tracing and TRACING_INSTALLED
+    if state.tracing:
+        load_provider()
     app.extensions[EXTENSION_KEY] = state
     return state
 

@@ -39,6 +39,7 @@ __all__ = [
     "GunicornServer",
     "ServerError",
     "child_pids",
+    "example_server",
     "gunicorn_server",
     "postgres_schema",
     "redis_prefixed",
@@ -265,13 +266,53 @@ def gunicorn_server(
         app,
     ]
     full_env = subprocess_env(env)
+    with _running(
+        args, full_env, log_path, workers, probe_path, start_timeout, stop_timeout
+    ) as server:
+        yield server
+
+
+@contextmanager
+def example_server(
+    log_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    workers: int = 2,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[GunicornServer]:
+    """Run the example as its README says, ``gunicorn -c examples/gunicorn.conf.py``, on a port
+    the kernel picks; its output (stdout and stderr) goes to ``log_dir/example.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "gunicorn", "-c", "examples/gunicorn.conf.py"]
+    full_env = subprocess_env(
+        {"BIND": "127.0.0.1:0", "WEB_CONCURRENCY": str(workers), **(env or {})}
+    )
+    log_path = log_dir / "example.log"
+    with _running(
+        args, full_env, log_path, workers, "/messages", start_timeout, stop_timeout
+    ) as server:
+        yield server
+
+
+@contextmanager
+def _running(
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    workers: int,
+    probe_path: str,
+    start_timeout: float,
+    stop_timeout: float,
+) -> Iterator[GunicornServer]:
+    """Start gunicorn with ``args``; yield once it answers and every worker is up; stop it."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=env,
             cwd=PROJECT_ROOT,
         )
     try:
@@ -281,7 +322,7 @@ def gunicorn_server(
                 timeout=start_timeout,
                 what="gunicorn to listen",
             )
-            server = GunicornServer(process, host, port, log_path, workers, full_env)
+            server = GunicornServer(process, host, port, log_path, workers, env)
             wait_for(
                 lambda: _answers(host, port, probe_path),
                 timeout=start_timeout,

@@ -18,6 +18,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+@pytest.fixture(autouse=True)
+def _package_log_level() -> Iterator[None]:
+    """The bench's apps quiet the package's logger for the whole process; put it back, or the
+    warnings later tests look for are never emitted."""
+    package = logging.getLogger("flask_oa_recall")
+    level = package.level
+    yield
+    package.setLevel(level)
+
+
 EXPECTED_ROWS = (
     "| floor: bare Flask route",
     "| memory store, signed, 1 MsgKey |",

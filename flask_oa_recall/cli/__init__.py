@@ -13,7 +13,7 @@ from .deliveries import deliveries_command, prune_command, replay_command
 from .openapi import openapi_command
 from .send import send_command
 
-__all__ = ["CLI_GROUP", "COMMANDS", "add_commands"]
+__all__ = ["CLI_GROUP", "COMMANDS", "add_commands", "plugin_group"]
 
 #: The name of the group under ``flask``: ``flask oa-recall ...``.
 CLI_GROUP = "oa-recall"
@@ -34,3 +34,9 @@ def add_commands(group: click.Group) -> None:
     group.help = "Tencent Cloud Chat callbacks: deliveries, replay, checks."
     for command in COMMANDS:
         group.add_command(command)
+
+
+#: The same commands, for Flask's ``flask.commands`` entry point (see pyproject.toml): Flask
+#: finds it without loading the app, so ``check`` can report an app that fails to start.
+plugin_group = click.Group(CLI_GROUP)
+add_commands(plugin_group)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import click
-from flask import Flask, current_app
-from flask.cli import with_appcontext
+from flask import Flask
+from flask.cli import ScriptInfo
 
 from ..config import KEEP_ALL, TENCENT_TIMEOUT_SECONDS, Settings
 from ..dispatch import named_receivers
@@ -358,15 +358,31 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _load_app() -> tuple[Flask | None, list[Finding]]:
+    """The app, or the configuration error that kept it from starting, as a finding."""
+    info = click.get_current_context().ensure_object(ScriptInfo)
+    try:
+        return info.load_app(), []
+    except click.ClickException:
+        raise  # the app could not be found or imported: Flask says why
+    except Exception as err:
+        return None, [
+            Finding(FAIL, "config", f"the app did not start: {type(err).__name__}: {err}")
+        ]
+
+
 @click.command("check")
-@with_appcontext
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too.")
 def check_command(strict: bool) -> None:
     """Check the configuration before going live: one line per check, OK, WARN or FAIL.
 
-    The exit status is 1 if a check failed (or, with --strict, warned).
+    A configuration error that keeps the app from starting is a FAIL line too. The exit status
+    is 1 if a check failed (or, with --strict, warned).
     """
-    findings = run_checks(current_app._get_current_object())  # type: ignore[attr-defined]
+    app, findings = _load_app()
+    if app is not None:
+        with app.app_context():
+            findings = run_checks(app)
     width = max(len(f.topic) for f in findings)
     for f in findings:
         level = click.style(f"{f.level:<4}", fg=_COLOURS[f.level], bold=f.level != OK)
