@@ -19,7 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from flask_oa_recall import RECALL_COMMAND, Decision, OARecall, StoreError, messages_recalled
 from flask_oa_recall.metrics import collector_registry, get_metrics, metrics_response
 from flask_oa_recall.store import DeliveryStatus, NewDelivery, Outcome
-from flask_oa_recall.testing import callback_body, post_callback, signed_query
+from flask_oa_recall.testing import (
+    after_send_msg_body,
+    callback_body,
+    post_callback,
+    signed_query,
+)
 
 from .conftest import AppFactory
 
@@ -256,8 +261,16 @@ def test_decisions_are_counted_by_command_and_result(tmp_path: Path) -> None:
     app = moderated_app(tmp_path, metrics=True)
     results = ["allow", "deny", "drop", "fallback"]
     with Moved(
-        *(("oa_recall_decisions_total", {"command": SEND, "result": r}) for r in results)
+        *(("oa_recall_decisions_total", {"command": SEND, "result": r}) for r in results),
+        ("oa_recall_callbacks_total", {"command": SEND, "outcome": "decided"}),
     ) as moved:
         for text in ["hello", "forbidden", "spam", "crash", "hi again"]:
             assert send(app, text).status_code == 200
-    assert moved.delta == [2, 1, 1, 1]
+    assert moved.delta == [2, 1, 1, 1, 5]
+
+
+def test_a_callback_nobody_listens_to_is_counted_acknowledged(metered: Flask) -> None:
+    sent = "OfficialAccount.CallbackAfterSendMsg"
+    with Moved(("oa_recall_callbacks_total", {"command": sent, "outcome": "acknowledged"})) as m:
+        assert post_callback(metered.test_client(), body=after_send_msg_body()).status_code == 200
+    assert m.delta == [1]

@@ -169,7 +169,7 @@ def test_gunicorn_stops_when_a_required_store_is_unreachable(tmp_path: Path) -> 
             "OA_RECALL_STORE_REQUIRED": "true",
         }
     )
-    args = ["--bind", "127.0.0.1:0", "--workers", "2", *_gunicorn_flags()]
+    args = ["--bind", "127.0.0.1:0", "--workers", "1", *_gunicorn_flags()]
     done = subprocess.run(
         [sys.executable, "-m", "gunicorn", *args, "tests.apps.host:create_app()"],
         cwd=PROJECT_ROOT,
@@ -179,6 +179,7 @@ def test_gunicorn_stops_when_a_required_store_is_unreachable(tmp_path: Path) -> 
         timeout=60,
         check=False,
     )
-    assert done.returncode == 3, done.stderr[-2000:]
+    # 3 (gunicorn's WORKER_BOOT_ERROR), or 1 when the halt races with reaping the worker.
+    assert done.returncode in (1, 3), done.stderr[-2000:]
     assert "StoreUnavailable: OA_RECALL_STORE_REQUIRED is True" in done.stderr
     assert "Worker failed to boot" in done.stderr
