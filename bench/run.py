@@ -203,7 +203,8 @@ def warm_up(server: GunicornServer, traffic: Traffic, requests: int = 50) -> Non
     path = target(traffic)
     prefix = "warm" + secrets.token_hex(3)
     for n in range(requests):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        # Generous: the first request of a worker that just started on a busy machine is slow.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         try:
             headers = {"Content-Type": "application/json"}
             conn.request("POST", path, body(traffic, prefix, n), headers)
