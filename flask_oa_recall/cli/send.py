@@ -203,9 +203,22 @@ def send_command(
     click.echo(f"POST {shown}")
     click.echo(f"  {what}")
 
+    status, answer = _exchange(scheme, netloc, f"{path}?{query}", body, timeout)
+    parsed = _json_or_none(answer)
+    if is_before_command(command) and status == 200 and _is_decision(parsed):
+        _echo_decision(parsed)
+        return
+    if status != 200 or parsed != _OK:
+        raise click.ClickException("the server did not answer with the OK envelope.")
+
+
+def _exchange(
+    scheme: str, netloc: str, target: str, body: bytes, timeout: float
+) -> tuple[int, bytes]:
+    """Post ``body``; print the status, the time taken and the answer; return status and answer."""
     started = time.perf_counter()
     try:
-        status, reason, answer = _post(scheme, netloc, f"{path}?{query}", body, timeout)
+        status, reason, answer = _post(scheme, netloc, target, body, timeout)
     except (OSError, http.client.HTTPException) as err:
         detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         raise click.ClickException(
@@ -220,12 +233,7 @@ def send_command(
             " Tencent would have given up.",
             err=True,
         )
-    parsed = _json_or_none(answer)
-    if is_before_command(command) and status == 200 and _is_decision(parsed):
-        _echo_decision(parsed)
-        return
-    if status != 200 or parsed != _OK:
-        raise click.ClickException("the server did not answer with the OK envelope.")
+    return status, answer
 
 
 #: The fields of a decision, in the order they are printed.
