@@ -132,6 +132,18 @@ DESCRIPTIONS: Mapping[str, str] = {
         " delivery in a SQLite journal on this host as well, so that ``replay`` brings back what"
         " a store that forgot has lost (see :doc:`failure-modes`)."
     ),
+    "OA_RECALL_STORE_REQUIRED": (
+        "An unreachable store at start-up stops the app instead of a warning (see"
+        " :doc:`operations`)."
+    ),
+    "OA_RECALL_METRICS": (
+        "Count callbacks in Prometheus metrics (needs the ``metrics`` extra; see"
+        " :doc:`operations`)."
+    ),
+    "OA_RECALL_TRACING": (
+        "Create OpenTelemetry spans when the ``tracing`` extra is installed and a tracer provider"
+        " is configured; ``False`` never creates any."
+    ),
 }
 
 _KEYS = (*REQUIRED, *DEFAULTS)
