@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser import (
     RECALLED_FAILING,
@@ -138,6 +139,8 @@ def test_operator_lists_filters_opens_and_replays_a_failed_delivery(
 
         # Replay: only the failed receiver runs, and the delivery is done.
         driver.find_element("css selector", "button.replay").click()
+        # The click submits a form; the answer page may not be loaded when click() returns.
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements("id", "result"))
         banner = driver.find_element("id", "result").text
         assert banner.startswith("Replayed: now done.")
         assert "Attempt 2; ran: messages_recalled:mirror_app.on_recall ok." in banner
