@@ -111,7 +111,7 @@ def _reject(app: Flask, err: CallbackRejected) -> Response:
     return reject_response(rejection, err.info)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Verified:
     """A request that passed the checks: authenticated, ours, a JSON object with a command."""
 
@@ -142,7 +142,7 @@ def verify(settings: Settings) -> Verified:
     return Verified(raw, pairs, query, sdk_app_id, body, command)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """What the keep policy decided for one verified callback.
 

@@ -12,6 +12,7 @@ from flask import Flask
 
 from .dispatch import dispatch
 from .errors import StoreError
+from .events import Callback
 from .kinds import KINDS, Event
 from .parsing import build_callback, parse_body
 from .security import canonical_query
@@ -29,7 +30,7 @@ def new_delivery_id(now: float) -> str:
     return f"{int(now * 1000):012x}{secrets.token_hex(6)}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
     """A delivery ready to dispatch: what is kept, what is claimed, what receivers get."""
 
@@ -98,23 +99,30 @@ def _claim_all(delivery: NewDelivery) -> Claim:
 def run(app: Flask, store: Store | None, prepared: Prepared, slow_seconds: float) -> Outcome:
     """Dispatch a prepared delivery and record the outcome."""
     d = prepared.delivery
-    callback = build_callback(
-        d.command,
-        prepared.body,
-        prepared.query,
-        d.sdk_app_id,
-        d.id,
-        d.received_at,
-        prepared.attempt,
-    )
-    failed_before = frozenset(
-        name for name, result in getattr(d, "receivers", {}).items() if result == "failed"
+
+    def make_callback() -> Callback:
+        return build_callback(
+            d.command,
+            prepared.body,
+            prepared.query,
+            d.sdk_app_id,
+            d.id,
+            d.received_at,
+            prepared.attempt,
+        )
+
+    receivers = getattr(d, "receivers", None)
+    failed_before = (
+        frozenset(name for name, result in receivers.items() if result == "failed")
+        if receivers
+        else frozenset()
     )
     outcome = dispatch(
         app,
         prepared.claim,
-        callback,
+        make_callback,
         prepared.event,
+        delivery_id=d.id,
         slow_seconds=slow_seconds,
         failed_before=failed_before,
     )

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blinker import Signal
 from flask import Flask
@@ -17,6 +17,9 @@ from .kinds import Event, kind_of
 from .signals import callback_received, receiver_failed
 from .store import Claim, DeliveryStatus, Outcome
 from .tracing import tracer_for
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["dispatch", "receiver_name"]
 
@@ -32,10 +35,11 @@ def receiver_name(receiver: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _call(app: Flask, receiver: Callable[..., Any], name: str, **kwargs: Any) -> None:
+def _call(
+    app: Flask, tracer: Tracer | None, receiver: Callable[..., Any], name: str, **kwargs: Any
+) -> None:
     if inspect.iscoroutinefunction(receiver):
         receiver = app.ensure_sync(receiver)
-    tracer = tracer_for(app)
     if tracer is None:
         receiver(app, **kwargs)
         return
@@ -93,7 +97,10 @@ def _failure_text(name: str, exc: Exception) -> str:
 
 @dataclass
 class _Attempt:
-    """What one dispatch attempt has done so far."""
+    """What one dispatch attempt has done so far, and what it runs with."""
+
+    delivery_id: str
+    tracer: Tracer | None
 
     results: dict[str, str] = field(default_factory=dict)
     succeeded: dict[str, set[str]] = field(default_factory=dict)
@@ -106,22 +113,29 @@ class _Attempt:
         self.first_error = self.first_error or text
 
 
-def _per_delivery(app: Flask, claim: Claim, callback: Callback, attempt: _Attempt) -> None:
-    """``callback_received``: once per delivery and receiver (redeliveries included)."""
-    for name, receiver in named_receivers(callback_received, app, "callback_received:"):
+def _per_delivery(
+    app: Flask, claim: Claim, make_callback: Callable[[], Callback], attempt: _Attempt
+) -> None:
+    """``callback_received``: once per delivery and receiver (redeliveries included). The
+    :class:`Callback` is built only when a receiver is connected."""
+    receivers = named_receivers(callback_received, app, "callback_received:")
+    if not receivers:
+        return
+    callback = make_callback()
+    for name, receiver in receivers:
         attempt.connected.add(name)
         if name in claim.receivers_ok:
             continue
         try:
-            _call(app, receiver, name, callback=callback)
+            _call(app, attempt.tracer, receiver, name, callback=callback)
         except Exception as exc:
             attempt.failure(name, _failure_text(name, exc))
-            _report(app, name, "callback_received", exc, callback.delivery_id)
+            _report(app, name, "callback_received", exc, attempt.delivery_id)
         else:
             attempt.results[name] = "ok"
 
 
-def _per_key(app: Flask, claim: Claim, callback: Callback, event: Event, attempt: _Attempt) -> None:
+def _per_key(app: Flask, claim: Claim, event: Event, attempt: _Attempt) -> None:
     """The typed signal: each receiver gets the event narrowed to the keys it has not handled
     yet (a recall's messages; the one identity of the other events)."""
     kind = kind_of(event)
@@ -136,11 +150,11 @@ def _per_key(app: Flask, claim: Claim, callback: Callback, event: Event, attempt
             continue
         given = event if len(keys) == len(all_keys) else event.only(set(keys))
         try:
-            _call(app, receiver, name, event=given)
+            _call(app, attempt.tracer, receiver, name, event=given)
         except Exception as exc:
             attempt.failure(name, _failure_text(name, exc))
             attempt.failed.update(keys)
-            _report(app, name, kind.signal_name, exc, callback.delivery_id)
+            _report(app, name, kind.signal_name, exc, attempt.delivery_id)
         else:
             attempt.results[name] = "ok"
             for key in keys:
@@ -149,7 +163,6 @@ def _per_key(app: Flask, claim: Claim, callback: Callback, event: Event, attempt
 
 def _missing(
     claim: Claim,
-    callback: Callback,
     event: Event | None,
     failed_before: frozenset[str],
     attempt: _Attempt,
@@ -169,7 +182,7 @@ def _missing(
             "receiver %s failed for delivery %s before and is not connected now; connect it"
             " and replay again",
             name,
-            callback.delivery_id,
+            attempt.delivery_id,
         )
 
 
@@ -188,13 +201,15 @@ def _warn_if_slow(delivery_id: str, started: float, slow_seconds: float) -> None
 def dispatch(
     app: Flask,
     claim: Claim,
-    callback: Callback,
+    make_callback: Callable[[], Callback],
     event: Event | None,
     *,
+    delivery_id: str,
     slow_seconds: float,
     failed_before: frozenset[str] = frozenset(),
 ) -> Outcome:
-    """Send ``callback_received`` and, for a typed event, its signal to each receiver.
+    """Send ``callback_received`` (with ``make_callback()``) and, for a typed event, its signal
+    to each receiver.
 
     A receiver that already succeeded (per ``claim``) is skipped; one that raises is logged,
     reported through ``receiver_failed`` and recorded, and the others still run. A receiver in
@@ -202,18 +217,19 @@ def dispatch(
     again, so that its messages are not finished without it.
     """
     started = time.perf_counter()
-    attempt = _Attempt()
-    _per_delivery(app, claim, callback, attempt)
+    attempt = _Attempt(delivery_id, tracer_for(app))
+    _per_delivery(app, claim, make_callback, attempt)
     if event is not None:
-        _per_key(app, claim, callback, event, attempt)
-    _missing(claim, callback, event, failed_before, attempt)
+        _per_key(app, claim, event, attempt)
+    if failed_before:
+        _missing(claim, event, failed_before, attempt)
     if attempt.first_error is not None:
         status = DeliveryStatus.FAILED
     elif event is not None and not claim.owned:
         status = DeliveryStatus.DUPLICATE
     else:
         status = DeliveryStatus.DONE
-    _warn_if_slow(callback.delivery_id, started, slow_seconds)
+    _warn_if_slow(delivery_id, started, slow_seconds)
     return Outcome(
         status=status,
         receivers=attempt.results,
