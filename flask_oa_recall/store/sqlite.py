@@ -9,11 +9,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
@@ -140,6 +140,7 @@ _COLUMNS = (
     "id, received_at, updated_at, sdk_app_id, command, query, body, official_account,"
     " msg_keys, status, attempts, receivers, last_error, lease_until"
 )
+_INSERT_DELIVERY = f"INSERT INTO oa_recall_deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
 
 
 def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
@@ -197,6 +198,14 @@ def _message_states(
             receivers_done = set(json.loads(names)) if names != "[]" else set()
             states[key] = MessageState(bool(done), owner, lease_until, receivers_done)
     return states
+
+
+def _json_object(mapping: Mapping[str, str]) -> str:
+    return json.dumps(mapping if type(mapping) is dict else dict(mapping))
+
+
+#: No receiver yet: the receivers of a message claimed for the first time.
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def _marks(count: int) -> str:
@@ -310,20 +319,30 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._begin_immediate()
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as err:
+            self._roll_back(conn, err)
+
+    def _begin_immediate(self) -> sqlite3.Connection:
+        """This thread's connection, inside a new ``BEGIN IMMEDIATE`` transaction."""
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
             raise self._failed(err) from err
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as err:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(err, sqlite3.Error):
-                raise self._failed(err) from err
-            raise
+        return conn
+
+    def _roll_back(self, conn: sqlite3.Connection, err: BaseException) -> NoReturn:
+        """Roll the transaction back after ``err`` and raise (a :class:`StoreError` for an
+        SQLite error, else ``err`` itself)."""
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(err, sqlite3.Error):
+            raise self._failed(err) from err
+        raise err
 
     def _claim(
         self,
@@ -348,7 +367,7 @@ class SQLiteStore:
             else:
                 inserted = conn.executemany(_INSERT_CLAIMED, rows).rowcount
             if inserted == len(keys):
-                new = dict.fromkeys(keys, frozenset[str]())
+                new = dict.fromkeys(keys, _NO_NAMES)
                 return Claim(owned=new, receivers_ok=receivers_ok, scope=scope)
         owned: dict[str, frozenset[str]] = {}
         done: list[str] = []
@@ -388,20 +407,20 @@ class SQLiteStore:
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one transaction."""
         now = time.time()
-        with self._write() as conn:
+        conn = self._begin_immediate()
+        try:
             conn.execute(
-                f"INSERT INTO oa_recall_deliveries ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_DELIVERY,
                 (
                     delivery.id,
                     delivery.received_at,
                     now,
                     delivery.sdk_app_id,
                     delivery.command,
-                    json.dumps(dict(delivery.query)),
+                    _json_object(delivery.query),
                     delivery.body,
                     delivery.official_account,
-                    json.dumps(list(delivery.msg_keys)),
+                    json.dumps(delivery.msg_keys),
                     DeliveryStatus.PENDING,
                     1,
                     "{}",
@@ -409,7 +428,11 @@ class SQLiteStore:
                     now + lease_seconds,
                 ),
             )
-            return self._claim(conn, delivery, frozenset(), now, lease_seconds, fresh=True)
+            claim = self._claim(conn, delivery, frozenset(), now, lease_seconds, fresh=True)
+            conn.execute("COMMIT")
+        except BaseException as err:
+            self._roll_back(conn, err)
+        return claim
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay."""
@@ -449,52 +472,67 @@ class SQLiteStore:
         are read and merged, which is idempotent over what the first statements did.
         """
         now = time.time()
-        receivers = json.dumps(dict(outcome.receivers)) if outcome.receivers else "{}"
-        with self._write() as conn:
-            keys = tuple(claim.owned)
-            if keys and claim.scope is not None:
-                app_id, oa = claim.scope
-                rows = [
-                    (
-                        int(key not in outcome.failed),
-                        _names_json(claim.owned[key] | outcome.succeeded.get(key, frozenset())),
-                        now,
-                        app_id,
-                        oa,
-                        key,
-                        delivery_id,
-                        _names_json(claim.owned[key]),
-                    )
-                    for key in keys
-                ]
-                if len(rows) == 1:
-                    released = conn.execute(_RELEASE_OWNED, rows[0]).rowcount
-                else:
-                    released = conn.executemany(_RELEASE_OWNED, rows).rowcount
-                if released == len(keys):
-                    keys = ()
-            updated = conn.execute(
-                _FINISH_FIRST_ATTEMPT, (outcome.status, receivers, outcome.error, now, delivery_id)
-            ).rowcount
-            if updated and not keys:
-                return
-            row = conn.execute(
-                "SELECT sdk_app_id, official_account, receivers FROM oa_recall_deliveries"
-                " WHERE id = ?",
-                (delivery_id,),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"delivery {delivery_id} vanished from the store")
-            app_id, oa, kept_receivers = row
-            if keys:
-                self._release(conn, delivery_id, app_id, oa or "", keys, outcome, now)
-            if not updated:
-                merged = merge_receivers(json.loads(kept_receivers), dict(outcome.receivers))
-                conn.execute(
-                    "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
-                    " updated_at = ?, lease_until = 0 WHERE id = ?",
-                    (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
+        receivers = _json_object(outcome.receivers) if outcome.receivers else "{}"
+        conn = self._begin_immediate()
+        try:
+            self._record(conn, delivery_id, claim, outcome, receivers, now)
+            conn.execute("COMMIT")
+        except BaseException as err:
+            self._roll_back(conn, err)
+
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        delivery_id: str,
+        claim: Claim,
+        outcome: Outcome,
+        receivers: str,
+        now: float,
+    ) -> None:
+        """:meth:`finish`'s statements, inside its transaction."""
+        keys = tuple(claim.owned)
+        if keys and claim.scope is not None:
+            app_id, oa = claim.scope
+            rows = [
+                (
+                    int(key not in outcome.failed),
+                    _names_json(claim.owned[key] | outcome.succeeded.get(key, frozenset())),
+                    now,
+                    app_id,
+                    oa,
+                    key,
+                    delivery_id,
+                    _names_json(claim.owned[key]),
                 )
+                for key in keys
+            ]
+            if len(rows) == 1:
+                released = conn.execute(_RELEASE_OWNED, rows[0]).rowcount
+            else:
+                released = conn.executemany(_RELEASE_OWNED, rows).rowcount
+            if released == len(keys):
+                keys = ()
+        updated = conn.execute(
+            _FINISH_FIRST_ATTEMPT, (outcome.status, receivers, outcome.error, now, delivery_id)
+        ).rowcount
+        if updated and not keys:
+            return
+        row = conn.execute(
+            "SELECT sdk_app_id, official_account, receivers FROM oa_recall_deliveries WHERE id = ?",
+            (delivery_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"delivery {delivery_id} vanished from the store")
+        app_id, oa, kept_receivers = row
+        if keys:
+            self._release(conn, delivery_id, app_id, oa or "", keys, outcome, now)
+        if not updated:
+            merged = merge_receivers(json.loads(kept_receivers), dict(outcome.receivers))
+            conn.execute(
+                "UPDATE oa_recall_deliveries SET status = ?, receivers = ?, last_error = ?,"
+                " updated_at = ?, lease_until = 0 WHERE id = ?",
+                (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
+            )
 
     @staticmethod
     def _release(
