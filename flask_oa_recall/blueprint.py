@@ -275,7 +275,7 @@ def _keep_and_dispatch(
         def dispatch_after_response() -> None:
             with app.app_context():
                 try:
-                    outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
+                    outcome = run(app, store, prepared, settings.slow_dispatch_seconds, soon=True)
                     _observe(state, None, delivery.command, outcome.status, delivery.received_at)
                 except Exception:
                     logger.exception("dispatch of delivery %s failed; it stays kept", delivery.id)
@@ -283,7 +283,7 @@ def _keep_and_dispatch(
         response.call_on_close(dispatch_after_response)
         return response
 
-    outcome = run(app, store, prepared, settings.slow_dispatch_seconds)
+    outcome = run(app, store, prepared, settings.slow_dispatch_seconds, soon=True)
     if keep and not prepared.kept and outcome.error is not None:
         _observe(state, tracer, delivery.command, "not_kept", delivery.received_at)
         # Not a rejection (the receivers ran, store_failed was sent): the sender is asked to
@@ -349,7 +349,7 @@ def _answer_before(
                 store = state.store(settings) if chosen.keep else None
                 lease = settings.lease_seconds
                 prepared = start(app, store, delivery, None, body, delivery.query, lease)
-                run(app, store, prepared, settings.slow_dispatch_seconds)
+                run(app, store, prepared, settings.slow_dispatch_seconds, soon=True)
             except Exception:
                 logger.exception("dispatch of delivery %s failed after its answer", delivery.id)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +96,15 @@ def _claim_all(delivery: NewDelivery) -> Claim:
     return Claim(owned=dict.fromkeys(delivery.msg_keys, frozenset()))
 
 
-def run(app: Flask, store: Store | None, prepared: Prepared, slow_seconds: float) -> Outcome:
-    """Dispatch a prepared delivery and record the outcome."""
+def run(
+    app: Flask,
+    store: Store | None,
+    prepared: Prepared,
+    slow_seconds: float,
+    *,
+    soon: bool = False,
+) -> Outcome:
+    """Dispatch a prepared delivery and record the outcome (``soon``: see :func:`finish`)."""
     d = prepared.delivery
 
     def make_callback() -> Callback:
@@ -127,16 +134,44 @@ def run(app: Flask, store: Store | None, prepared: Prepared, slow_seconds: float
         failed_before=failed_before,
     )
     if prepared.kept and store is not None:
-        finish(app, store, d.id, prepared.claim, outcome)
+        finish(app, store, d.id, prepared.claim, outcome, soon=soon)
     return outcome
 
 
-def finish(app: Flask, store: Store, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
-    """Record ``outcome``; a store failure leaves the delivery pending, for ``replay``."""
+def finish(
+    app: Flask,
+    store: Store,
+    delivery_id: str,
+    claim: Claim,
+    outcome: Outcome,
+    *,
+    soon: bool = False,
+) -> None:
+    """Record ``outcome``; a store failure leaves the delivery pending, for ``replay``.
+
+    With ``soon`` (a live callback), a store that can (SQLite) records it with its next write
+    instead of at once; a failure to record it then is reported the same way, a little later.
+    """
+    finish_soon = getattr(store, "finish_soon", None) if soon else None
     try:
-        store.finish(delivery_id, claim, outcome)
+        if finish_soon is None:
+            store.finish(delivery_id, claim, outcome)
+        else:
+            finish_soon(delivery_id, claim, outcome, _reporter(app, delivery_id))
     except StoreError as err:
-        _store_failed(app, err, delivery_id, "marked finished; it stays pending")
+        _store_failed(app, err, delivery_id, _NOT_FINISHED)
+
+
+#: How the log and ``store_failed`` describe an outcome that could not be recorded.
+_NOT_FINISHED = "marked finished; it stays pending"
+
+
+def _reporter(app: Flask, delivery_id: str) -> Callable[[StoreError], None]:
+    def report(err: StoreError) -> None:
+        with app.app_context():
+            _store_failed(app, err, delivery_id, _NOT_FINISHED)
+
+    return report
 
 
 def prepare_replay(store: Store, delivery_id: str, lease_seconds: float) -> Prepared:

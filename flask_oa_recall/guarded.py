@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,25 @@ class GuardedStore:
         If the store cannot record it, the entry stays (pending) for :meth:`restore`.
         """
         self.inner.finish(delivery_id, claim, outcome)
+        self._finished(delivery_id, outcome)
+
+    def finish_soon(
+        self,
+        delivery_id: str,
+        claim: Claim,
+        outcome: Outcome,
+        on_failure: Callable[[StoreError], None] | None = None,
+    ) -> None:
+        """The wrapped store's ``finish_soon`` where it has one (else :meth:`finish`); the
+        journal entry is let go as soon as the store holds the outcome."""
+        inner = getattr(self.inner, "finish_soon", None)
+        if inner is None:
+            self.finish(delivery_id, claim, outcome)
+            return
+        inner(delivery_id, claim, outcome, on_failure)
+        self._finished(delivery_id, outcome)
+
+    def _finished(self, delivery_id: str, outcome: Outcome) -> None:
         if self.journal is not None:
             if outcome.status in _FINISHED:
                 self._journal(f"drop delivery {delivery_id}", self.journal.drop, delivery_id)

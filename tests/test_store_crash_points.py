@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flask_oa_recall.store import DeliveryStatus, NewDelivery, Outcome, SQLiteStore
+from flask_oa_recall.store import DeliveryStatus, NewDelivery, Outcome, SQLiteStore, grouped
 
 A = "messages_recalled:host.on_recall"
 LEASE = 60.0
@@ -69,12 +69,15 @@ def _child(path: str, prefix: str, nth: int, steps: str) -> None:
         return _DyingConnection(real_connect(*args, **kwargs), prefix, nth)
 
     sqlite3.connect = connect  # type: ignore[assignment]
-    store = SQLiteStore(path)
+    if "wait" not in steps:
+        grouped.GROUP_SECONDS = 3600.0  # only the next keep, or close, records an outcome
+    immediate = "immediate" in steps
+    store = SQLiteStore(path, group_outcomes=not immediate)
     kept = delivery("d1", "k1", "k2")
     if "begin" in steps:
         claim = store.begin(kept, LEASE)
         if "finish" in steps:
-            store.finish(
+            (store.finish if immediate else store.finish_soon)(
                 "d1",
                 claim,
                 Outcome(
@@ -83,9 +86,15 @@ def _child(path: str, prefix: str, nth: int, steps: str) -> None:
                     succeeded=dict.fromkeys(claim.owned, frozenset({A})),
                 ),
             )
+        if "wait" in steps:  # long enough for the store's thread to record the outcome
+            time.sleep(grouped.GROUP_SECONDS * 25)
+        if "next" in steps:  # the next callback's keep, which records the outcome with it
+            store.begin(delivery("d3", "k3"), LEASE)
+        if "close" in steps:
+            store.close()
     else:
         store.deliveries()  # only opens (and migrates) the file
-    os._exit(0)
+    os._exit(0)  # as a SIGKILL would: no clean-up, no exit handlers
 
 
 def run_child(path: Path, prefix: str, nth: int, steps: str) -> int:
@@ -110,7 +119,7 @@ def test_dying_inside_begin_keeps_nothing_and_claims_nothing(tmp_path: Path) -> 
 def test_dying_after_begin_leaves_a_pending_delivery_that_replay_finishes(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     SQLiteStore(str(path)).ping()
-    assert run_child(path, "BEGIN", 2, "begin finish") == 17  # dies before finish starts
+    assert run_child(path, "BEGIN", 2, "begin finish immediate") == 17  # before finish starts
     store = SQLiteStore(str(path))
     kept = store.get("d1")
     assert kept is not None
@@ -133,7 +142,7 @@ def test_dying_inside_finish_keeps_the_delivery_pending_with_nothing_released(
 ) -> None:
     path = tmp_path / "s.sqlite3"
     SQLiteStore(str(path)).ping()
-    assert run_child(path, prefix, nth, "begin finish") == 17
+    assert run_child(path, prefix, nth, "begin finish immediate") == 17
     store = SQLiteStore(str(path))
     kept = store.get("d1")
     assert kept is not None
@@ -145,14 +154,49 @@ def test_dying_inside_finish_keeps_the_delivery_pending_with_nothing_released(
     assert claim.owned == {"k1": frozenset(), "k2": frozenset()}
 
 
-def test_a_finished_delivery_is_final(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "steps",
+    ["begin finish immediate", "begin finish next", "begin finish wait", "begin finish close"],
+    ids=["own-transaction", "with-the-next-keep", "by-the-thread", "at-close"],
+)
+def test_a_finished_delivery_is_final(tmp_path: Path, steps: str) -> None:
     path = tmp_path / "s.sqlite3"
-    assert run_child(path, "NO SUCH STATEMENT", 1, "begin finish") == 0
+    assert run_child(path, "NO SUCH STATEMENT", 1, steps) == 0
     store = SQLiteStore(str(path))
     kept = store.get("d1")
     assert kept is not None
     assert kept.status == DeliveryStatus.DONE
     assert store.begin(delivery("d2", "k1", "k2"), LEASE).done == ("k1", "k2")
+
+
+def test_dying_before_a_held_back_outcome_is_recorded_keeps_the_delivery_pending(
+    tmp_path: Path,
+) -> None:
+    # The answer went out, the outcome waits for the next keep, and the process is killed.
+    path = tmp_path / "s.sqlite3"
+    SQLiteStore(str(path)).ping()
+    assert run_child(path, "NO SUCH STATEMENT", 1, "begin finish") == 0
+    store = SQLiteStore(str(path))
+    kept = store.get("d1")
+    assert kept is not None
+    assert kept.status == DeliveryStatus.PENDING
+    assert kept.receivers == {}
+    _expire(path)
+    _, claim = store.resume("d1", LEASE)
+    assert claim.owned == {"k1": frozenset(), "k2": frozenset()}
+
+
+def test_dying_inside_the_next_keep_loses_it_and_the_outcome_it_carried(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    SQLiteStore(str(path)).ping()
+    # d1's keep and d3's keep: dies at d3's COMMIT, which also carried d1's outcome.
+    assert run_child(path, "COMMIT", 2, "begin finish next") == 17
+    store = SQLiteStore(str(path))
+    assert store.get("d3") is None
+    kept = store.get("d1")
+    assert kept is not None
+    assert kept.status == DeliveryStatus.PENDING
+    assert kept.receivers == {}
 
 
 def test_dying_during_the_layout_migration_leaves_layout_1_whole(tmp_path: Path) -> None:

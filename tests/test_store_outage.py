@@ -45,6 +45,7 @@ from flask_oa_recall.testing import capture_recalls, post_callback
 
 from .conftest import AppFactory
 from .private_postgres import PrivatePostgres, postgres_binaries
+from .servers import wait_for
 
 OK = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
 START_SECONDS = 10.0
@@ -377,6 +378,8 @@ def test_a_store_lost_during_dispatch_still_answers_ok_and_reports_it(
         capture_recalls(outage_app) as events,
     ):
         response = post_callback(client, outage_app, msg_keys=["mid-dispatch"])
+        # SQLite records a live outcome with its next write: its failure is reported then.
+        wait_for(lambda: recorder.store_failed, what="store_failed", timeout=5)
     assert (response.status_code, json.loads(response.data)) == (200, OK)
     assert [e.msg_keys for e in events] == [("mid-dispatch",)]
     assert [f["delivery_id"] for f in recorder.store_failed] == [events[0].delivery_id]

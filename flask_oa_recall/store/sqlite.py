@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
+from .grouped import PendingOutcomes
 from .logic import MessageState, merge_receivers, release, try_claim
 
 __all__ = ["SQLiteStore"]
@@ -223,21 +225,59 @@ def _sorted_json(names: frozenset[str]) -> str:
     return json.dumps(sorted(names))
 
 
+@dataclass(slots=True)
+class _Finish:
+    """One outcome waiting to be recorded (see :meth:`SQLiteStore.finish_soon`)."""
+
+    delivery_id: str
+    claim: Claim
+    outcome: Outcome
+    receivers: str  #: ``outcome.receivers`` as JSON
+    at: float
+    on_failure: Callable[[StoreError], None] | None = None
+    reported: bool = False
+
+
+def _report(held: list[_Finish], err: StoreError) -> None:
+    """Tell each caller once that its outcome could not be recorded (it is tried again)."""
+    for item in held:
+        if item.on_failure is not None and not item.reported:
+            item.reported = True
+            try:
+                item.on_failure(err)
+            except Exception:
+                logger.exception("reporting an unrecorded outcome failed")
+
+
 class SQLiteStore:
     """Deliveries in a SQLite file.
 
     Each thread of each process opens its own connection (connections must not cross a fork).
     Writes are ``BEGIN IMMEDIATE`` transactions, so claims are atomic across gunicorn workers;
     WAL with ``synchronous=NORMAL`` survives a killed process, not a power cut.
+
+    :param group_outcomes: an outcome (:meth:`finish`) is recorded in the same transaction as
+        the next delivery this process keeps, or by a thread after
+        :data:`~flask_oa_recall.store.grouped.GROUP_SECONDS` without one; ``False`` records each
+        outcome at once, in a transaction of its own.
     """
 
     layout_version = 2
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 10.0,
+        group_outcomes: bool = True,
+    ) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
         self._busy_timeout = busy_timeout
         self._local = threading.local()
+        self._outcomes: PendingOutcomes[_Finish] | None = (
+            PendingOutcomes(self._record_batch, _report) if group_outcomes else None
+        )
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -308,7 +348,7 @@ class SQLiteStore:
         # A connection that failed may stay broken (one that found the file read-only stays
         # read-only after the file is fixed), so the next call opens a fresh one.
         with suppress(sqlite3.Error):
-            self.close()
+            self._drop_connection()
         return StoreError(f"SQLite store {self.path}: {err}")
 
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -407,8 +447,15 @@ class SQLiteStore:
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one transaction."""
         now = time.time()
-        conn = self._begin_immediate()
+        pending = self._outcomes.take() if self._outcomes is not None else []
         try:
+            conn = self._begin_immediate()
+        except StoreError:
+            self._give_back(pending)
+            raise
+        try:
+            if pending:
+                self._record_each(conn, pending)
             conn.execute(
                 _INSERT_DELIVERY,
                 (
@@ -431,11 +478,41 @@ class SQLiteStore:
             claim = self._claim(conn, delivery, frozenset(), now, lease_seconds, fresh=True)
             conn.execute("COMMIT")
         except BaseException as err:
+            self._give_back(pending)
             self._roll_back(conn, err)
         return claim
 
+    def _give_back(self, pending: list[_Finish]) -> None:
+        if pending and self._outcomes is not None:
+            self._outcomes.give_back(pending)
+
+    def _record_each(self, conn: sqlite3.Connection, pending: list[_Finish]) -> None:
+        """Record outcomes held back by :meth:`finish`, inside the caller's transaction."""
+        for held in pending:
+            try:
+                self._record(
+                    conn, held.delivery_id, held.claim, held.outcome, held.receivers, held.at
+                )
+            except StoreError as err:  # the delivery was pruned meanwhile: nothing to record
+                logger.warning("outcome of delivery %s not recorded: %s", held.delivery_id, err)
+
+    def _record_batch(self, pending: list[_Finish]) -> None:
+        """Record held-back outcomes in a transaction of their own."""
+        conn = self._begin_immediate()
+        try:
+            self._record_each(conn, pending)
+            conn.execute("COMMIT")
+        except BaseException as err:
+            self._roll_back(conn, err)
+
+    def _flush(self) -> None:
+        """Record what :meth:`finish` held back, so that this process reads its own writes."""
+        if self._outcomes is not None:
+            self._outcomes.flush()
+
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay."""
+        self._flush()
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
@@ -464,7 +541,8 @@ class SQLiteStore:
             return kept, self._claim(conn, kept, ok, now, lease_seconds)
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
-        """Record ``outcome`` and release the claims in one transaction.
+        """Record ``outcome`` and release the claims in one transaction (with any outcomes
+        :meth:`finish_soon` held back).
 
         Usually two statements: each owned message is released only if this delivery still
         owns it with the receivers it had when claimed, and the delivery is updated only if no
@@ -473,12 +551,41 @@ class SQLiteStore:
         """
         now = time.time()
         receivers = _json_object(outcome.receivers) if outcome.receivers else "{}"
-        conn = self._begin_immediate()
+        pending = self._outcomes.take() if self._outcomes is not None else []
         try:
+            conn = self._begin_immediate()
+        except StoreError:
+            self._give_back(pending)
+            raise
+        try:
+            if pending:
+                self._record_each(conn, pending)
             self._record(conn, delivery_id, claim, outcome, receivers, now)
             conn.execute("COMMIT")
         except BaseException as err:
+            self._give_back(pending)
             self._roll_back(conn, err)
+
+    def finish_soon(
+        self,
+        delivery_id: str,
+        claim: Claim,
+        outcome: Outcome,
+        on_failure: Callable[[StoreError], None] | None = None,
+    ) -> None:
+        """:meth:`finish`, recorded with the next delivery this process keeps (in the same
+        transaction), or by a thread of the process soon after (see
+        :mod:`~flask_oa_recall.store.grouped`); at once without ``group_outcomes``.
+
+        Used for live callbacks, after their answer is decided. If the outcome cannot be
+        recorded, ``on_failure`` is called once (from that thread) and it is tried again.
+        """
+        if self._outcomes is None:
+            self.finish(delivery_id, claim, outcome)
+            return
+        receivers = _json_object(outcome.receivers) if outcome.receivers else "{}"
+        held = _Finish(delivery_id, claim, outcome, receivers, time.time(), on_failure)
+        self._outcomes.add(held)
 
     def _record(
         self,
@@ -570,6 +677,7 @@ class SQLiteStore:
 
     def get(self, delivery_id: str) -> Delivery | None:
         """One delivery, or ``None``."""
+        self._flush()
         row = self._read(
             lambda c: c.execute(
                 f"SELECT {_COLUMNS} FROM oa_recall_deliveries WHERE id = ?", (delivery_id,)
@@ -581,6 +689,7 @@ class SQLiteStore:
         self, *, statuses: Collection[str] | None = None, limit: int = 100
     ) -> list[Delivery]:
         """Kept deliveries, newest first."""
+        self._flush()
         sql = f"SELECT {_COLUMNS} FROM oa_recall_deliveries"
         params: list[Any] = []
         if statuses:
@@ -593,6 +702,7 @@ class SQLiteStore:
 
     def prune(self, *, before: float, include_failed: bool = False) -> int:
         """Drop finished deliveries received before ``before``, and finished message states."""
+        self._flush()
         statuses = [DeliveryStatus.DONE, DeliveryStatus.DUPLICATE]
         if include_failed:
             statuses.append(DeliveryStatus.FAILED)
@@ -628,7 +738,8 @@ class SQLiteStore:
             raise StoreError(f"cannot read the layout of SQLite store {self.path}: {err}") from err
 
     def ping(self) -> None:
-        """Check that the file can be read and written."""
+        """Check that the file can be read and written (and record held-back outcomes)."""
+        self._flush()
         with self._write() as conn:
             conn.execute("SELECT count(*) FROM oa_recall_deliveries").fetchone()
             conn.execute(
@@ -636,7 +747,14 @@ class SQLiteStore:
             )
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Record held-back outcomes, then close this thread's connection."""
+        try:
+            self._flush()
+        except StoreError as err:
+            logger.error("outcomes not recorded before closing; they stay pending: %s", err)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

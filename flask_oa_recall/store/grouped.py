@@ -1,0 +1,200 @@
+"""Outcomes the SQLite store records together with its next write.
+
+A callback costs the default store two transactions: keeping the delivery before dispatch, and
+recording its outcome after. Most of a transaction's cost is its commit (the pages it writes to
+the WAL, the file locks), so the outcome is not committed on its own: :class:`PendingOutcomes`
+holds it until the next callback's keep, which records it in the same transaction, or until a
+background thread of the process records it after :data:`GROUP_SECONDS` without one.
+
+Readers in the same process (``get``, ``deliveries``, replay) record what is pending first, so
+they always see it. Another process sees an outcome within about :data:`GROUP_SECONDS` of the
+answer. A process killed meanwhile leaves the delivery pending, exactly as a kill between
+dispatch and the outcome always did: replay runs it again (``docs/failure-modes.rst``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ..errors import StoreError
+
+__all__ = ["GROUP_SECONDS", "MAX_PENDING", "PendingOutcomes"]
+
+logger = logging.getLogger(__name__)
+
+#: How long an outcome waits for the next callback's transaction before a thread records it.
+GROUP_SECONDS = 0.02
+#: Outcomes held at most while the store cannot record them; older ones are let go (their
+#: deliveries stay pending in the store, for replay) and logged.
+MAX_PENDING = 1000
+#: After a failed attempt to record them, the thread tries again this much later.
+RETRY_SECONDS = 1.0
+#: The thread ends after this long without work (a new one starts with the next outcome).
+IDLE_SECONDS = 5.0
+
+T = TypeVar("T")
+
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks  # one counter for the whole process
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+_everywhere: weakref.WeakSet[PendingOutcomes[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _record_all_at_exit() -> None:
+    for pending in list(_everywhere):
+        try:
+            pending.flush()
+        except StoreError as err:
+            logger.error("outcomes not recorded at exit; their deliveries stay pending: %s", err)
+
+
+class PendingOutcomes(Generic[T]):
+    """Outcomes waiting to be written, for one store in one process.
+
+    :param write: records a list of outcomes in one transaction of its own; raises
+        :class:`~flask_oa_recall.StoreError` if it cannot.
+    :param failed: told, from the thread, which outcomes it could not write and why (they
+        are kept to be tried again).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], None],
+        failed: Callable[[list[T], StoreError], None],
+    ) -> None:
+        self._write = write
+        self._failed = failed
+        self._reset()
+        _everywhere.add(self)
+
+    def _reset(self) -> None:
+        # A forked child starts empty: what was pending belongs to the parent, which records it.
+        self._forks = _forks
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, item: T) -> None:
+        """Hold ``item`` until the next :meth:`take` or the thread's write."""
+        if self._forks != _forks:
+            self._reset()
+        with self._lock:
+            self._items.append(item)
+            if len(self._items) > MAX_PENDING:
+                self._let_go(self._items.pop(0))
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def take(self) -> list[T]:
+        """Everything pending, now the caller's to write (see :meth:`give_back`)."""
+        if not self._items or self._forks != _forks:
+            return []
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def give_back(self, items: list[T]) -> None:
+        """Return ``items`` that could not be written, ahead of newer ones."""
+        if not items:
+            return
+        with self._lock:
+            self._items[:0] = items
+            while len(self._items) > MAX_PENDING:
+                self._let_go(self._items.pop(0))
+
+    def flush(self) -> None:
+        """Write what is pending now, in a transaction of its own (readers call this first)."""
+        items = self.take()
+        if not items:
+            return
+        try:
+            self._write(items)
+        except BaseException:
+            self.give_back(items)
+            raise
+
+    def _let_go(self, item: T) -> None:
+        logger.error(
+            "more than %d outcomes could not be recorded; one is let go and its delivery stays"
+            " pending for replay: %r",
+            MAX_PENDING,
+            item,
+        )
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=_run, args=(weakref.ref(self),), name="oa-recall-outcomes", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+
+    def _idle(self) -> bool:
+        """Whether the thread may end: nothing pending, nothing on its way."""
+        with self._lock:
+            if self._items or self._wake.is_set():
+                return False
+            self._thread = None
+            return True
+
+    def _write_in_thread(self) -> None:
+        items = self.take()
+        if not items:
+            return
+        try:
+            self._write(items)
+        except StoreError as err:
+            self.give_back(items)
+            logger.error("could not record %d outcomes; will try again: %s", len(items), err)
+            self._failed(items, err)
+        except Exception:
+            self.give_back(items)
+            logger.exception("could not record %d outcomes; will try again", len(items))
+        else:
+            return
+        time.sleep(RETRY_SECONDS)
+        self._wake.set()
+
+
+def _run(ref: weakref.ReferenceType[PendingOutcomes[Any]]) -> None:
+    """The thread: after a wake-up, wait :data:`GROUP_SECONDS`, then write what is left. It ends
+    after :data:`IDLE_SECONDS` without work, or when its store is gone."""
+    while True:
+        pending = ref()
+        if pending is None:
+            return
+        wake = pending._wake
+        del pending  # never keep the store alive while waiting
+        woken = wake.wait(IDLE_SECONDS)
+        pending = ref()
+        if pending is None:
+            return
+        if not woken:
+            if pending._idle():
+                return
+            continue
+        wake.clear()
+        del pending
+        time.sleep(GROUP_SECONDS)
+        pending = ref()
+        if pending is None:
+            return
+        pending._write_in_thread()
+        del pending
