@@ -30,6 +30,7 @@ __all__ = [
     "LenientString",
     "RecallBodySchema",
     "SubscriberListField",
+    "WithdrawMsgListField",
     "WithdrawMsgSchema",
     "recall_body_schema",
 ]
@@ -80,6 +81,40 @@ class WithdrawMsgSchema(Schema):
         return RecalledMessage(msg_key=msg_key, extra=data)
 
 
+class WithdrawMsgListField(fields.Nested):
+    """``WithdrawMsgList``: its entries loaded through :class:`WithdrawMsgSchema`.
+
+    An entry that is exactly ``{"MsgKey": "<non-empty string>"}`` (what Tencent sends) becomes
+    the :class:`~flask_oa_recall.RecalledMessage` the schema would build, without the schema's
+    per-entry machinery (about 5 µs per MsgKey); a list holding any other entry is loaded by
+    the schema as a whole, with its messages and unknown fields.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(WithdrawMsgSchema, many=True, **kwargs)
+
+    def _deserialize(
+        self,
+        value: Any,
+        attr: str | None,
+        data: Mapping[str, Any] | None,
+        partial: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if type(value) is list:
+            loaded = []
+            for entry in value:
+                if type(entry) is not dict or len(entry) != 1:
+                    break
+                key = entry.get("MsgKey")
+                if type(key) is not str or not key:
+                    break
+                loaded.append(RecalledMessage(key, {}))
+            else:
+                return loaded
+        return super()._deserialize(value, attr, data, partial, **kwargs)
+
+
 class RecallBodySchema(Schema):
     """The body of ``OfficialAccount.CallbackAfterMsgWithDraw``."""
 
@@ -88,11 +123,7 @@ class RecallBodySchema(Schema):
 
     CallbackCommand = fields.String(required=True)
     Official_Account = fields.String(required=True, validate=validate.Length(min=1))
-    # Nested(many=True) rather than List(Nested(...)): one load over the entries instead of one
-    # per entry: about a quarter less per MsgKey (measured with python -m bench.profile).
-    WithdrawMsgList = fields.Nested(
-        WithdrawMsgSchema, many=True, required=True, validate=validate.Length(min=1)
-    )
+    WithdrawMsgList = WithdrawMsgListField(required=True, validate=validate.Length(min=1))
     EventTime = EventTimeField(required=True)
 
 

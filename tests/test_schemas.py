@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from marshmallow import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import Schema, ValidationError, fields, validate
 
 from flask_oa_recall.events import RecalledMessage
-from flask_oa_recall.schemas import first_error, load_recall
+from flask_oa_recall.schemas import (
+    RecallBodySchema,
+    WithdrawMsgSchema,
+    first_error,
+    load_recall,
+    recall_body_schema,
+)
 
 
 def body(**changes: Any) -> dict[str, Any]:
@@ -78,3 +86,37 @@ def test_server_time_is_read_from_a_standard_msg_key() -> None:
 def test_server_time_ignores_non_ascii_digits() -> None:
     assert RecalledMessage("1_1_\u00b2").server_time is None
     assert RecalledMessage("1_1_\u0661\u0662").server_time is None
+
+
+class _NestedSchemaOnly(RecallBodySchema):
+    """The recall schema with a plain ``Nested`` list: every entry through the schema."""
+
+    WithdrawMsgList = fields.Nested(
+        WithdrawMsgSchema, many=True, required=True, validate=validate.Length(min=1)
+    )
+
+
+_ONLY_THE_NESTED_SCHEMA = _NestedSchemaOnly()
+
+_ENTRY = st.one_of(
+    st.fixed_dictionaries({"MsgKey": st.text(max_size=5)}),
+    st.fixed_dictionaries({"MsgKey": st.one_of(st.none(), st.integers(), st.booleans())}),
+    st.dictionaries(st.sampled_from(["MsgKey", "X", "msgkey"]), st.text(max_size=3), max_size=3),
+    st.text(max_size=3),
+    st.integers(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(_ENTRY, max_size=4), _ENTRY))
+def test_the_withdraw_list_fast_path_loads_exactly_what_the_nested_schema_loads(
+    entries: Any,
+) -> None:
+    def outcome(schema: Schema) -> tuple[str, Any]:
+        try:
+            loaded = schema.load(body(WithdrawMsgList=entries))["WithdrawMsgList"]
+        except ValidationError as err:
+            return "error", err.messages
+        return "loaded", [(m.msg_key, dict(m.extra)) for m in loaded]
+
+    assert outcome(recall_body_schema) == outcome(_ONLY_THE_NESTED_SCHEMA)
