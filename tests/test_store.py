@@ -231,6 +231,35 @@ def test_messages_are_told_apart_by_sdkappid_official_account_and_msgkey(store: 
     assert store.begin(make_delivery("c", official_account="a:b"), LEASE).done == ("c",)
 
 
+#: MsgKeys that JSON escapes, or that SQLite's text functions could mistake (NUL).
+AWKWARD_KEYS = (
+    'q"uote',
+    "back\\slash",
+    "caf\u00e9",
+    "\U0001f600",
+    "tab\tnew\nline",
+    "\x01",
+    "nul\x00k",
+)
+
+
+@pytest.mark.parametrize("with_nul", [False, True], ids=["escaped", "with-nul"])
+def test_many_awkward_msgkeys_are_claimed_released_and_found_again_exactly(
+    store: Store, with_nul: bool
+) -> None:
+    keys = tuple(k for k in AWKWARD_KEYS if with_nul or "\x00" not in k)
+    first = make_delivery(*keys)
+    claim = store.begin(first, LEASE)
+    assert set(claim.owned) == set(keys)
+    store.finish(first.id, claim, all_ok(claim, A))
+    kept = store.get(first.id)
+    assert kept is not None
+    assert (kept.status, kept.msg_keys) == ("done", keys)
+    # Each key was released under its own exact text: a redelivery finds every one done.
+    assert sorted(store.begin(make_delivery(*keys), LEASE).done) == sorted(keys)
+    assert set(store.begin(make_delivery(*keys, "new"), LEASE).owned) == {"new"}
+
+
 def test_an_expired_lease_can_be_taken_by_another_delivery(store: Store) -> None:
     # A lease of 0 s ran out the moment it was granted: its worker is as good as dead.
     store.begin(make_delivery("k1"), 0.0)

@@ -126,11 +126,23 @@ def _stored_layout(conn: sqlite3.Connection) -> int | None:
 
 #: A new message, claimed by the delivery that brings it; ignored if the message is kept.
 _INSERT_CLAIMED = "INSERT OR IGNORE INTO oa_recall_messages VALUES (?, ?, ?, 0, ?, ?, '[]', ?)"
+#: Many new messages claimed in one statement: the MsgKeys come as one JSON array.
+_INSERT_CLAIMED_EACH = (
+    "INSERT OR IGNORE INTO oa_recall_messages"
+    " SELECT ?, ?, value, 0, ?, ?, '[]', ? FROM json_each(?)"
+)
 #: Release a message still owned, with the receivers it had when claimed (compare-and-set).
 _RELEASE_OWNED = (
     "UPDATE oa_recall_messages SET done = ?, owner = NULL, lease_until = 0,"
     " receivers_done = ?, updated_at = ? WHERE sdk_app_id = ? AND official_account = ?"
     " AND msg_key = ? AND owner = ? AND receivers_done = ? AND done = 0"
+)
+#: :data:`_RELEASE_OWNED` for many messages with the same receivers, given as a JSON array.
+_RELEASE_OWNED_EACH = (
+    "UPDATE oa_recall_messages SET done = ?, owner = NULL, lease_until = 0,"
+    " receivers_done = ?, updated_at = ? WHERE sdk_app_id = ? AND official_account = ?"
+    " AND msg_key IN (SELECT value FROM json_each(?)) AND owner = ? AND receivers_done = ?"
+    " AND done = 0"
 )
 #: Finish a delivery no attempt recorded receivers for yet (merging with nothing).
 _FINISH_FIRST_ATTEMPT = (
@@ -200,6 +212,25 @@ def _message_states(
             receivers_done = set(json.loads(names)) if names != "[]" else set()
             states[key] = MessageState(bool(done), owner, lease_until, receivers_done)
     return states
+
+
+@functools.cache
+def _has_json_each() -> bool:
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("SELECT count(*) FROM json_each('[]')")
+    except sqlite3.Error:  # pragma: no cover - an SQLite built without JSON
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+def _keys_array(keys: Sequence[str]) -> str | None:
+    """``keys`` as the JSON array that ``json_each`` reads back exactly, or ``None`` when one
+    holds a NUL (SQLite's text functions stop at it): those go one statement per key."""
+    text = json.dumps(keys)
+    return None if "\\u0000" in text else text
 
 
 def _json_object(mapping: Mapping[str, str]) -> str:
@@ -275,6 +306,8 @@ class SQLiteStore:
         self.url = f"sqlite:///{path}"
         self._busy_timeout = busy_timeout
         self._local = threading.local()
+        #: Whether this SQLite has ``json_each`` (built in since 3.38, usually before).
+        self._json_each = _has_json_each()
         self._outcomes: PendingOutcomes[_Finish] | None = (
             PendingOutcomes(self._record_batch, _report) if group_outcomes else None
         )
@@ -401,10 +434,15 @@ class SQLiteStore:
             # A new delivery's messages are almost always new too: insert them claimed, and
             # read the kept states only when some already existed.
             lease_until = now + lease_seconds
-            rows = [(delivery.sdk_app_id, oa, key, delivery.id, lease_until, now) for key in keys]
-            if len(rows) == 1:
-                inserted = conn.execute(_INSERT_CLAIMED, rows[0]).rowcount
+            array = _keys_array(keys) if len(keys) > 1 and self._json_each else None
+            if len(keys) == 1:
+                row = (delivery.sdk_app_id, oa, keys[0], delivery.id, lease_until, now)
+                inserted = conn.execute(_INSERT_CLAIMED, row).rowcount
+            elif array is not None:
+                each = (delivery.sdk_app_id, oa, delivery.id, lease_until, now, array)
+                inserted = conn.execute(_INSERT_CLAIMED_EACH, each).rowcount
             else:
+                rows = [(delivery.sdk_app_id, oa, k, delivery.id, lease_until, now) for k in keys]
                 inserted = conn.executemany(_INSERT_CLAIMED, rows).rowcount
             if inserted == len(keys):
                 new = dict.fromkeys(keys, _NO_NAMES)
@@ -598,27 +636,12 @@ class SQLiteStore:
     ) -> None:
         """:meth:`finish`'s statements, inside its transaction."""
         keys = tuple(claim.owned)
-        if keys and claim.scope is not None:
-            app_id, oa = claim.scope
-            rows = [
-                (
-                    int(key not in outcome.failed),
-                    _names_json(claim.owned[key] | outcome.succeeded.get(key, frozenset())),
-                    now,
-                    app_id,
-                    oa,
-                    key,
-                    delivery_id,
-                    _names_json(claim.owned[key]),
-                )
-                for key in keys
-            ]
-            if len(rows) == 1:
-                released = conn.execute(_RELEASE_OWNED, rows[0]).rowcount
-            else:
-                released = conn.executemany(_RELEASE_OWNED, rows).rowcount
-            if released == len(keys):
-                keys = ()
+        if (
+            keys
+            and claim.scope is not None
+            and self._release_owned(conn, delivery_id, claim, outcome, now) == len(keys)
+        ):
+            keys = ()
         updated = conn.execute(
             _FINISH_FIRST_ATTEMPT, (outcome.status, receivers, outcome.error, now, delivery_id)
         ).rowcount
@@ -640,6 +663,40 @@ class SQLiteStore:
                 " updated_at = ?, lease_until = 0 WHERE id = ?",
                 (outcome.status, json.dumps(merged), outcome.error, now, delivery_id),
             )
+
+    def _release_owned(
+        self,
+        conn: sqlite3.Connection,
+        delivery_id: str,
+        claim: Claim,
+        outcome: Outcome,
+        now: float,
+    ) -> int:
+        """Release the messages ``delivery_id`` still owns with the receivers it claimed them
+        with (compare-and-set); how many were. Messages that end alike (finished or not, the
+        same receivers before and after) go in one statement."""
+        assert claim.scope is not None
+        app_id, oa = claim.scope
+        groups: dict[tuple[int, str, str], list[str]] = {}
+        for key, before in claim.owned.items():
+            after = before | outcome.succeeded.get(key, _NO_NAMES)
+            done = int(key not in outcome.failed)
+            groups.setdefault((done, _names_json(after), _names_json(before)), []).append(key)
+        released = 0
+        for (done, after_json, before_json), keys in groups.items():
+            array = _keys_array(keys) if len(keys) > 1 and self._json_each else None
+            if array is not None:
+                row = (done, after_json, now, app_id, oa, array, delivery_id, before_json)
+                released += conn.execute(_RELEASE_OWNED_EACH, row).rowcount
+                continue
+            rows = [
+                (done, after_json, now, app_id, oa, key, delivery_id, before_json) for key in keys
+            ]
+            if len(rows) == 1:
+                released += conn.execute(_RELEASE_OWNED, rows[0]).rowcount
+            else:
+                released += conn.executemany(_RELEASE_OWNED, rows).rowcount
+        return released
 
     @staticmethod
     def _release(
