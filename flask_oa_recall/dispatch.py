@@ -103,7 +103,8 @@ class _Attempt:
     tracer: Tracer | None
 
     results: dict[str, str] = field(default_factory=dict)
-    succeeded: dict[str, set[str]] = field(default_factory=dict)
+    #: Each receiver that succeeded, with the keys it handled.
+    handled: list[tuple[str, list[str]]] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)
     connected: set[str] = field(default_factory=set)
     first_error: str | None = None
@@ -157,8 +158,28 @@ def _per_key(app: Flask, claim: Claim, event: Event, attempt: _Attempt) -> None:
             _report(app, name, kind.signal_name, exc, attempt.delivery_id)
         else:
             attempt.results[name] = "ok"
-            for key in keys:
-                attempt.succeeded.setdefault(key, set()).add(name)
+            attempt.handled.append((name, keys))
+
+
+def _succeeded(handled: list[tuple[str, list[str]]]) -> dict[str, frozenset[str]]:
+    """Key to the receivers that succeeded for it. Keys with the same receivers share one set
+    (the usual case: every receiver handled every key), which the stores encode once."""
+    if len(handled) == 1:
+        name, keys = handled[0]
+        return dict.fromkeys(keys, frozenset((name,)))
+    if not handled:
+        return {}
+    keys = handled[0][1]
+    if all(other == keys for _, other in handled):
+        return dict.fromkeys(keys, frozenset(name for name, _ in handled))
+    per_key: dict[str, set[str]] = {}
+    for name, handled_keys in handled:
+        for key in handled_keys:
+            per_key.setdefault(key, set()).add(name)
+    shared: dict[frozenset[str], frozenset[str]] = {}
+    return {
+        key: shared.setdefault(frozenset(names), frozenset(names)) for key, names in per_key.items()
+    }
 
 
 def _missing(
@@ -233,7 +254,7 @@ def dispatch(
     return Outcome(
         status=status,
         receivers=attempt.results,
-        succeeded={k: frozenset(v) for k, v in attempt.succeeded.items()},
+        succeeded=_succeeded(attempt.handled),
         failed=frozenset(attempt.failed),
         error=attempt.first_error,
     )

@@ -6,7 +6,6 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from itertools import accumulate
 from typing import Any
 
 from marshmallow import ValidationError
@@ -38,15 +37,19 @@ def _reject_constant(name: str) -> float:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
-def _depth(raw: bytes) -> int:
-    """How deeply the (valid) JSON in ``raw`` nests arrays and objects."""
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    return max(accumulate(_STEP[b] for b in brackets), default=0)
+def _deeper_than(body: object, limit: int) -> bool:
+    """Whether the parsed JSON ``body`` nests arrays and objects more than ``limit`` deep."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if type(body) is dict or type(body) is list:
+        stack.append((body, 1))
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except (UnicodeError, ValueError, RecursionError):
         raise CallbackRejected("malformed_body") from None
     # Only a body with that many brackets can be that deep; most pay for two counts.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
         raise CallbackRejected(
             "malformed_body", f"The body is nested more than {MAX_JSON_DEPTH} levels deep."
         )

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, ValidationError, fields, validate
 
+from flask_oa_recall.errors import CallbackRejected
 from flask_oa_recall.events import RecalledMessage
+from flask_oa_recall.parsing import parse_body
 from flask_oa_recall.schemas import (
     RecallBodySchema,
     WithdrawMsgSchema,
@@ -120,3 +122,24 @@ def test_the_withdraw_list_fast_path_loads_exactly_what_the_nested_schema_loads(
         return "loaded", [(m.msg_key, dict(m.extra)) for m in loaded]
 
     assert outcome(recall_body_schema) == outcome(_ONLY_THE_NESTED_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("depth", "refused"),
+    [(512, False), (513, True)],
+)
+@pytest.mark.parametrize("shape", ["arrays", "objects", "mixed"])
+def test_bodies_nested_past_the_fixed_bound_are_refused_exactly_there(
+    depth: int, refused: bool, shape: str
+) -> None:
+    # depth counts the top-level object: {"D": [[...]]} with depth - 1 levels inside it.
+    inner = "1"
+    for level in range(depth - 1):
+        as_object = shape == "objects" or (shape == "mixed" and level % 2)
+        inner = f'{{"k": {inner}}}' if as_object else f"[{inner}]"
+    raw = f'{{"D": {inner}, "S": "[[[[{{{{"}}'.encode()
+    if refused:
+        with pytest.raises(CallbackRejected, match="nested more than 512"):
+            parse_body(raw)
+    else:
+        assert parse_body(raw)["S"] == "[[[[{{"

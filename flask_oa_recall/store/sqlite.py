@@ -226,10 +226,12 @@ def _has_json_each() -> bool:
     return True
 
 
-def _keys_array(keys: Sequence[str]) -> str | None:
-    """``keys`` as the JSON array that ``json_each`` reads back exactly, or ``None`` when one
-    holds a NUL (SQLite's text functions stop at it): those go one statement per key."""
-    text = json.dumps(keys)
+def _keys_array(keys: Sequence[str], text: str | None = None) -> str | None:
+    """``keys`` as the JSON array that ``json_each`` reads back exactly (``text``, when it is
+    already encoded), or ``None`` when one holds a NUL (SQLite's text functions stop at it):
+    those go one statement per key."""
+    if text is None:
+        text = json.dumps(keys)
     return None if "\\u0000" in text else text
 
 
@@ -426,6 +428,7 @@ class SQLiteStore:
         lease_seconds: float,
         *,
         fresh: bool = False,
+        keys_json: str | None = None,
     ) -> Claim:
         oa = delivery.official_account or ""
         keys = delivery.msg_keys
@@ -434,7 +437,7 @@ class SQLiteStore:
             # A new delivery's messages are almost always new too: insert them claimed, and
             # read the kept states only when some already existed.
             lease_until = now + lease_seconds
-            array = _keys_array(keys) if len(keys) > 1 and self._json_each else None
+            array = _keys_array(keys, keys_json) if len(keys) > 1 and self._json_each else None
             if len(keys) == 1:
                 row = (delivery.sdk_app_id, oa, keys[0], delivery.id, lease_until, now)
                 inserted = conn.execute(_INSERT_CLAIMED, row).rowcount
@@ -485,6 +488,7 @@ class SQLiteStore:
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one transaction."""
         now = time.time()
+        keys_json = json.dumps(delivery.msg_keys)
         pending = self._outcomes.take() if self._outcomes is not None else []
         try:
             conn = self._begin_immediate()
@@ -505,7 +509,7 @@ class SQLiteStore:
                     _json_object(delivery.query),
                     delivery.body,
                     delivery.official_account,
-                    json.dumps(delivery.msg_keys),
+                    keys_json,
                     DeliveryStatus.PENDING,
                     1,
                     "{}",
@@ -513,7 +517,9 @@ class SQLiteStore:
                     now + lease_seconds,
                 ),
             )
-            claim = self._claim(conn, delivery, frozenset(), now, lease_seconds, fresh=True)
+            claim = self._claim(
+                conn, delivery, _NO_NAMES, now, lease_seconds, fresh=True, keys_json=keys_json
+            )
             conn.execute("COMMIT")
         except BaseException as err:
             self._give_back(pending)
@@ -677,13 +683,22 @@ class SQLiteStore:
         same receivers before and after) go in one statement."""
         assert claim.scope is not None
         app_id, oa = claim.scope
-        groups: dict[tuple[int, str, str], list[str]] = {}
+        succeeded, failed = outcome.succeeded, outcome.failed
+        if len(claim.owned) == 1:  # the usual recall: one statement, nothing to group
+            ((key, before),) = claim.owned.items()
+            after = before | succeeded.get(key, _NO_NAMES)
+            one = (0 if key in failed else 1, _names_json(after), now, app_id, oa, key)
+            return conn.execute(_RELEASE_OWNED, (*one, delivery_id, _names_json(before))).rowcount
+        # Grouped by the set objects themselves: outcomes share one set among keys handled by
+        # the same receivers, and a set hashes once.
+        groups: dict[tuple[bool, frozenset[str], frozenset[str]], list[str]] = {}
         for key, before in claim.owned.items():
-            after = before | outcome.succeeded.get(key, _NO_NAMES)
-            done = int(key not in outcome.failed)
-            groups.setdefault((done, _names_json(after), _names_json(before)), []).append(key)
+            group = (key in failed, before, succeeded.get(key, _NO_NAMES))
+            groups.setdefault(group, []).append(key)
         released = 0
-        for (done, after_json, before_json), keys in groups.items():
+        for (failed_here, before, handled), keys in groups.items():
+            done = 0 if failed_here else 1
+            after_json, before_json = _names_json(before | handled), _names_json(before)
             array = _keys_array(keys) if len(keys) > 1 and self._json_each else None
             if array is not None:
                 row = (done, after_json, now, app_id, oa, array, delivery_id, before_json)
