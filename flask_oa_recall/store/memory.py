@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import MISSING, fields
+from typing import Any
 
 from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome
@@ -14,6 +15,31 @@ from .logic import MessageState, merge_receivers, release, try_claim
 __all__ = ["MemoryStore"]
 
 MessageId = tuple[int, str, str]
+
+
+def _kept(delivery: NewDelivery, now: float, lease_seconds: float) -> Delivery:
+    """``delivery`` as kept: pending, leased."""
+    kept = Delivery.__new__(Delivery)
+    kept.__dict__.update(_PENDING_DEFAULTS, **vars(delivery))
+    kept.__dict__.update(updated_at=now, lease_until=now + lease_seconds, receivers={})
+    return kept
+
+
+def _changed(kept: Delivery, **changes: Any) -> Delivery:
+    """A copy of ``kept`` with ``changes``: what ``dataclasses.replace`` gives, without running
+    ``__init__`` again (the values were checked when the delivery was kept)."""
+    copy = Delivery.__new__(Delivery)
+    copy.__dict__.update(vars(kept), **changes)
+    return copy
+
+
+#: A new delivery's fields beyond :class:`NewDelivery`'s with plain defaults (``receivers``,
+#: a new dict each time, is set by :func:`_kept`).
+_PENDING_DEFAULTS: dict[str, Any] = {
+    f.name: f.default
+    for f in fields(Delivery)
+    if f.name not in {g.name for g in fields(NewDelivery)} and f.default is not MISSING
+}
 
 
 class MemoryStore:
@@ -66,7 +92,7 @@ class MemoryStore:
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages."""
         now = time.time()
-        kept = Delivery(**vars(delivery), updated_at=now, lease_until=now + lease_seconds)
+        kept = _kept(delivery, now, lease_seconds)
         with self._lock:
             if kept.id in self._deliveries:
                 raise StoreError(f"delivery {kept.id} is already kept")
@@ -82,7 +108,7 @@ class MemoryStore:
                 raise UnknownDelivery(delivery_id)
             if kept.status == DeliveryStatus.PENDING and kept.lease_until > now:
                 raise DeliveryBusy(delivery_id)
-            kept = replace(
+            kept = _changed(
                 kept,
                 status=DeliveryStatus.PENDING,
                 attempts=kept.attempts + 1,
@@ -124,10 +150,14 @@ class MemoryStore:
                     forgotten_id = next(iter(self._finished))
                     del self._finished[forgotten_id]
                     self._deliveries.pop(forgotten_id, None)
-            self._deliveries[delivery_id] = replace(
+            self._deliveries[delivery_id] = _changed(
                 kept,
                 status=outcome.status,
-                receivers=merge_receivers(dict(kept.receivers), dict(outcome.receivers)),
+                receivers=(
+                    merge_receivers(dict(kept.receivers), dict(outcome.receivers))
+                    if kept.receivers
+                    else dict(outcome.receivers)
+                ),
                 last_error=outcome.error,
                 updated_at=now,
                 lease_until=0.0,
