@@ -267,7 +267,9 @@ def _keep_and_dispatch(
     keep: bool,
 ) -> Response:
     store = state.store(settings) if keep else None
-    prepared = start(app, store, delivery, event, body, delivery.query, settings.lease_seconds)
+    prepared = start(
+        app, store, delivery, event, body, delivery.query, settings.lease_seconds, tracer=tracer
+    )
 
     if settings.dispatch == "after_response" and prepared.kept:
         response = ok_response()
@@ -283,7 +285,7 @@ def _keep_and_dispatch(
         response.call_on_close(dispatch_after_response)
         return response
 
-    outcome = run(app, store, prepared, settings.slow_dispatch_seconds, soon=True)
+    outcome = run(app, store, prepared, settings.slow_dispatch_seconds, soon=True, tracer=tracer)
     if keep and not prepared.kept and outcome.error is not None:
         _observe(state, tracer, delivery.command, "not_kept", delivery.received_at)
         # Not a rejection (the receivers ran, store_failed was sent): the sender is asked to

@@ -6,7 +6,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
@@ -18,7 +18,10 @@ from .parsing import build_callback, parse_body
 from .security import canonical_query
 from .signals import store_failed
 from .store import Claim, Delivery, NewDelivery, Outcome, Store
-from .tracing import tracer_for
+from .tracing import LOOK_UP, LookUp, use_tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["Prepared", "finish", "new_delivery_id", "prepare_replay", "run", "start"]
 
@@ -68,6 +71,8 @@ def start(
     body: Mapping[str, Any],
     query: Mapping[str, str],
     lease_seconds: float,
+    *,
+    tracer: Tracer | LookUp | None = LOOK_UP,
 ) -> Prepared:
     """Keep ``delivery`` and claim its messages. If the store fails, claim everything so the
     receivers still run (dedup is lost, the recall is not).
@@ -77,7 +82,7 @@ def start(
     """
     if store is None:
         return Prepared(delivery, _claim_all(delivery), False, event, body, query)
-    tracer = tracer_for(app)
+    tracer = use_tracer(app, tracer)
     try:
         if tracer is None:
             claim = store.begin(delivery, lease_seconds)
@@ -103,6 +108,7 @@ def run(
     slow_seconds: float,
     *,
     soon: bool = False,
+    tracer: Tracer | LookUp | None = LOOK_UP,
 ) -> Outcome:
     """Dispatch a prepared delivery and record the outcome (``soon``: see :func:`finish`)."""
     d = prepared.delivery
@@ -118,7 +124,7 @@ def run(
             prepared.attempt,
         )
 
-    receivers = getattr(d, "receivers", None)
+    receivers = d.receivers if isinstance(d, Delivery) else None
     failed_before = (
         frozenset(name for name, result in receivers.items() if result == "failed")
         if receivers
@@ -132,6 +138,7 @@ def run(
         delivery_id=d.id,
         slow_seconds=slow_seconds,
         failed_before=failed_before,
+        tracer=use_tracer(app, tracer),
     )
     if prepared.kept and store is not None:
         finish(app, store, d.id, prepared.claim, outcome, soon=soon)

@@ -16,7 +16,7 @@ from .events import Callback
 from .kinds import Event, kind_of
 from .signals import callback_received, receiver_failed
 from .store import Claim, DeliveryStatus, Outcome
-from .tracing import tracer_for
+from .tracing import LOOK_UP, LookUp, use_tracer
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -228,6 +228,7 @@ def dispatch(
     delivery_id: str,
     slow_seconds: float,
     failed_before: frozenset[str] = frozenset(),
+    tracer: Tracer | LookUp | None = LOOK_UP,
 ) -> Outcome:
     """Send ``callback_received`` (with ``make_callback()``) and, for a typed event, its signal
     to each receiver.
@@ -238,7 +239,7 @@ def dispatch(
     again, so that its messages are not finished without it.
     """
     started = time.perf_counter()
-    attempt = _Attempt(delivery_id, tracer_for(app))
+    attempt = _Attempt(delivery_id, use_tracer(app, tracer))
     _per_delivery(app, claim, make_callback, attempt)
     if event is not None:
         _per_key(app, claim, event, attempt)

@@ -8,6 +8,7 @@ request path does not call the API at all. Attributes never hold a token, a ``Si
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +23,17 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "LOOK_UP",
     "TRACER_NAME",
     "TRACING_INSTALLED",
+    "LookUp",
     "active_tracer",
     "annotate_current",
     "attributes_of",
     "decision_attributes",
     "load_provider",
     "tracer_for",
+    "use_tracer",
 ]
 
 #: Whether the OpenTelemetry API is installed.
@@ -65,6 +69,21 @@ def active_tracer() -> Tracer | None:
     tracer: Tracer = provider.get_tracer(TRACER_NAME, _version())
     _cached = (provider, tracer)
     return tracer
+
+
+class LookUp(enum.Enum):
+    """The type of :data:`LOOK_UP`."""
+
+    TOKEN = 0
+
+
+#: "Find the app's tracer": the default of functions that a view may hand its tracer to.
+LOOK_UP = LookUp.TOKEN
+
+
+def use_tracer(app: Flask, given: Tracer | LookUp | None) -> Tracer | None:
+    """``given``, or ``app``'s tracer when it is :data:`LOOK_UP`."""
+    return tracer_for(app) if given is LOOK_UP else given
 
 
 def tracer_for(app: Flask) -> Tracer | None:
