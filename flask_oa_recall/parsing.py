@@ -32,6 +32,10 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
+#: Built once: ``json.loads`` with an argument builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 #: A ``\uD800``-``\uDFFF`` escape. JSON allows one, but a lone surrogate is no character: it
 #: cannot be written as UTF-8 (to the store, or by a receiver), so such a body is refused.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -55,7 +59,7 @@ def _deeper_than(body: object, limit: int) -> bool:
 def parse_body(raw: bytes) -> dict[str, Any]:
     """Decode ``raw`` as a UTF-8 JSON object, whatever the request's Content-Type said."""
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = _DECODER.decode(raw.decode("utf-8"))
         if _SURROGATE_ESCAPE.search(raw):
             json.dumps(body, ensure_ascii=False).encode("utf-8")  # fails on a lone surrogate
     except (UnicodeError, ValueError, RecursionError):
