@@ -24,7 +24,7 @@ from .kinds import KINDS, Event, EventKind
 from .logging import log_rejection
 from .parsing import build_callback, parse_body, resolve_command
 from .responses import REJECTIONS, answer_response, ok_response, reject_response
-from .security import canonical_query, check_sdk_app_id, check_signature
+from .security import check_sdk_app_id, check_signature, read_query
 from .signals import callback_received, callback_rejected
 from .state import OARecallState, get_state, setup_app
 from .store import NewDelivery
@@ -83,7 +83,7 @@ def _query_pairs() -> list[tuple[str, str]]:
     if raw.isascii() and b"%" not in raw and b"+" not in raw:
         # Nothing to unquote (Tencent's usual query): the pairs ``request.args`` would give,
         # without building a MultiDict, at a fifth of the cost.
-        parts = (part.partition("=") for part in raw.decode("ascii").split("&") if part)
+        parts = [part.partition("=") for part in raw.decode("ascii").split("&") if part]
         return [(name, value) for name, _, value in parts]
     try:
         return list(request.args.items(multi=True))
@@ -116,8 +116,8 @@ class Verified:
     """A request that passed the checks: authenticated, ours, a JSON object with a command."""
 
     raw: bytes
-    pairs: list[tuple[str, str]]
     query: dict[str, str]
+    kept_query: dict[str, str]
     sdk_app_id: int
     body: dict[str, Any]
     command: str
@@ -131,15 +131,14 @@ def verify(settings: Settings) -> Verified:
     if request.method != "POST":
         raise CallbackRejected("method_not_allowed")
     raw = _read_body(settings.max_body_bytes)
-    pairs = _query_pairs()
-    query = canonical_query(pairs)
+    query, kept_query = read_query(_query_pairs())
     sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
     tokens = settings.tokens.get(sdk_app_id)
     if tokens:
         check_signature(query, tokens, time.time(), settings.max_skew_seconds)
     body = parse_body(raw)
     command = resolve_command(query, body)
-    return Verified(raw, pairs, query, sdk_app_id, body, command)
+    return Verified(raw, query, kept_query, sdk_app_id, body, command)
 
 
 @dataclass(slots=True)
@@ -176,16 +175,12 @@ def plan(app: Flask, settings: Settings, command: str) -> Plan:
 def _new_delivery(
     verified: Verified, event: Event | None, delivery_id: str, at: float
 ) -> NewDelivery:
-    kept_query: dict[str, str] = {}
-    for name, value in verified.pairs:
-        if name.lower() != "sign":
-            kept_query.setdefault(name, value)
     return NewDelivery(
         id=delivery_id,
         received_at=at,
         sdk_app_id=verified.sdk_app_id,
         command=verified.command,
-        query=kept_query,
+        query=verified.kept_query,
         body=verified.raw.decode("utf-8"),
         official_account=event.official_account if event else None,
         msg_keys=event.dedup_keys if event else (),

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import CallbackRejected
 
-__all__ = ["QUERY_NAMES", "canonical_query", "check_sdk_app_id", "check_signature", "sign"]
+__all__ = [
+    "QUERY_NAMES",
+    "canonical_query",
+    "check_sdk_app_id",
+    "check_signature",
+    "read_query",
+    "sign",
+]
 
 #: The query parameters Tencent appends, by their lower-cased name.
 QUERY_NAMES = {
@@ -43,16 +50,26 @@ def canonical_query(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     different values the request is ambiguous and rejected, so that no copy can be used to slip
     past a check. Unknown parameters are ignored.
     """
+    return read_query(pairs)[0]
+
+
+def read_query(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """:func:`canonical_query`, and the query as kept with a delivery: every parameter but
+    ``Sign`` (in any case), its first value, its name as sent. One pass over ``pairs``."""
     found: dict[str, str] = {}
+    kept: dict[str, str] = {}
     for name, value in pairs:
-        canonical = QUERY_NAMES.get(name.lower())
+        lowered = name.lower()
+        if lowered != "sign" and name not in kept:
+            kept[name] = value
+        canonical = QUERY_NAMES.get(lowered)
         if canonical is None:
             continue
         previous = found.get(canonical)
         if previous is not None and previous != value:
             raise CallbackRejected("ambiguous_query", f"{canonical} was given more than once.")
         found[canonical] = value
-    return found
+    return found, kept
 
 
 def check_sdk_app_id(query: Mapping[str, str], allowed: frozenset[int]) -> int:
