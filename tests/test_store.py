@@ -880,23 +880,34 @@ def test_two_redis_prefixes_on_one_database_are_separate_stores(redis_url: str) 
 def test_a_redis_request_costs_two_commands(
     redis_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from redis.connection import AbstractConnection
+
     store = open_store(redis_store_url, "/nowhere")
     assert isinstance(store, RedisStore)
     warm = make_delivery("k0")
     store.finish(warm.id, store.begin(warm, LEASE), Outcome(status="done"))  # scripts loaded
-    client = store._client
-    sent: list[Any] = []
-    original = client.execute_command
+    # Counted on the wire, whichever way the store reaches its connections.
+    sent: list[str] = []
+    replies: list[object] = []
+    send = AbstractConnection.send_packed_command
+    read = AbstractConnection.read_response
 
-    def counting(*args: Any, **options: Any) -> Any:
-        sent.append(args[0])
-        return original(*args, **options)
+    def sending(self: Any, command: Any, *args: Any, **options: Any) -> Any:
+        wire = command if isinstance(command, bytes) else b"".join(command)
+        sent.append(wire.split(b"\r\n")[2].decode())  # *<n>, $<len>, the command's name
+        return send(self, command, *args, **options)
 
-    monkeypatch.setattr(client, "execute_command", counting)
+    def reading(self: Any, *args: Any, **options: Any) -> Any:
+        replies.append(read(self, *args, **options))
+        return replies[-1]
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", sending)
+    monkeypatch.setattr(AbstractConnection, "read_response", reading)
     delivery = make_delivery("k1", "k2", "k3")
     claim = store.begin(delivery, LEASE)
     store.finish(delivery.id, claim, all_ok(claim, A))
     assert sent == ["EVALSHA", "EVALSHA"]
+    assert len(replies) == 2
     store.close()
 
 
@@ -914,6 +925,57 @@ def test_a_redis_command_error_becomes_store_error(redis_store_url: str) -> None
     assert "127.0.0.1:6379 db 13" in str(info.value)
     with pytest.raises(StoreError, match="ResponseError"):
         store.deliveries()
+    store.close()
+
+
+@pytest.mark.redis
+def test_a_redis_store_replaces_a_connection_the_server_closed(redis_store_url: str) -> None:
+    import redis
+
+    name = f"oa-recall-test-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"{redis_store_url}&client_name={name}", "/nowhere")
+    admin = redis.Redis.from_url(redis_store_url.split("?")[0], decode_responses=True)
+    first = make_delivery("k1")
+    claim = store.begin(first, LEASE)
+    store.finish(first.id, claim, all_ok(claim, A))
+    ours = [c["id"] for c in admin.client_list() if c["name"] == name]
+    assert ours, "the store's connections carry the URL's client_name"
+    for client_id in ours:
+        admin.client_kill_filter(_id=client_id)
+    # Not retried: the store notices the closed connection before it sends anything.
+    second = make_delivery("k2")
+    claim = store.begin(second, LEASE)
+    assert set(claim.owned) == {"k2"}
+    store.finish(second.id, claim, all_ok(claim, A))
+    store.close()
+    third = make_delivery("k3")
+    assert set(store.begin(third, LEASE).owned) == {"k3"}  # reconnects after close
+    store.close()
+    admin.close()
+
+
+@pytest.mark.redis
+def test_a_redis_store_sends_a_script_the_server_lacks(
+    redis_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.connection import AbstractConnection
+
+    store = open_store(redis_store_url, "/nowhere")
+    assert isinstance(store, RedisStore)
+    # A digest the server has never seen stands for a script cache emptied by a restart.
+    monkeypatch.setattr(store._begin, "sha", "0" * 40)
+    sent: list[str] = []
+    send = AbstractConnection.send_packed_command
+
+    def sending(self: Any, command: Any, *args: Any, **options: Any) -> Any:
+        wire = command if isinstance(command, bytes) else b"".join(command)
+        sent.append(wire.split(b"\r\n")[2].decode())
+        return send(self, command, *args, **options)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", sending)
+    claim = store.begin(make_delivery("k1"), LEASE)
+    assert set(claim.owned) == {"k1"}
+    assert sent[-2:] == ["EVALSHA", "EVAL"]
     store.close()
 
 

@@ -30,11 +30,14 @@ import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
-from typing import cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlencode
+from weakref import WeakSet
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ..durability import Marker, Persistence, redis_persistence
@@ -316,6 +319,18 @@ def _split_url(url: str) -> tuple[str, str]:
 _masked = redact_url
 
 
+class _Connection(Protocol):
+    """What the store uses of a redis-py connection (``redis.connection.AbstractConnection``,
+    whose methods are not annotated)."""
+
+    def connect(self) -> None: ...
+    def disconnect(self) -> None: ...
+    def can_read(self) -> bool: ...
+    def pack_command(self, *args: object) -> list[bytes]: ...
+    def send_packed_command(self, command: list[bytes]) -> None: ...
+    def read_response(self) -> Any: ...
+
+
 def _to_delivery(fields: Mapping[str, str]) -> Delivery:
     return Delivery(
         id=fields["id"],
@@ -357,9 +372,11 @@ class RedisStore:
         ``socket_timeout=0.5``; they override this store's defaults (connect 1 s, read 2 s).
 
     Commands are not retried: a script whose answer was lost may have run, and running
-    ``begin`` twice is not the same as running it once. The connection pool notices a
-    connection the server closed and opens a new one, and it is safe across ``fork`` (each
-    gunicorn worker gets connections of its own).
+    ``begin`` twice is not the same as running it once. A connection the server closed is
+    noticed before it is used and replaced, and connections are safe across ``fork`` (each
+    gunicorn worker gets connections of its own). ``begin``, ``finish`` and ``resume`` run on
+    connections the store keeps itself, one per concurrent caller, built from the same URL
+    options as the client's pool; everything else goes through the client.
     """
 
     layout_version = 1
@@ -398,6 +415,10 @@ class RedisStore:
         self._ping = f"{tag}:ping"
         self._layout = f"{tag}:layout"
         self._layout_checked_in: int | None = None
+        # begin, finish and resume run on connections of the store's own (see _run).
+        self._ready_in: int | None = None
+        self._idle: list[_Connection] = []
+        self._made: WeakSet[_Connection] = WeakSet()
         self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
         self._begin = self._client.register_script(_BEGIN)
         self._resume = self._client.register_script(_RESUME)
@@ -409,16 +430,20 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"<RedisStore {self._where} prefix={self.prefix!r}>"
 
+    def _error(self, what: str, err: redis.RedisError) -> StoreError:
+        """``err`` as a :class:`StoreError` naming the server, not secrets."""
+        detail = f"{type(err).__name__}: {err}"
+        if self._password:
+            detail = detail.replace(self._password, "***")
+        return StoreError(f"Redis store at {self._where} could not {what}: {detail}")
+
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """Turn every redis-py error into a :class:`StoreError` naming the server, not secrets."""
         try:
             yield
         except redis.RedisError as err:
-            detail = f"{type(err).__name__}: {err}"
-            if self._password:
-                detail = detail.replace(self._password, "***")
-            raise StoreError(f"Redis store at {self._where} could not {what}: {detail}") from err
+            raise self._error(what, err) from err
 
     def stored_layout_version(self) -> int | None:
         """The layout version recorded under the prefix (``{P}:layout``); 1 when deliveries
@@ -448,6 +473,68 @@ class RedisStore:
         with self._errors("record its layout version"):
             self._client.set(self._layout, str(self.layout_version), nx=True)
         self._layout_checked_in = pid
+
+    def _connection(self) -> _Connection:
+        """An idle connection of this process's own, checked as the pool checks its own, or a
+        new one."""
+        if self._ready_in != os.getpid():
+            self._prepare()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            pool = self._client.connection_pool
+            conn = cast(_Connection, pool.connection_class(**pool.connection_kwargs))
+            self._made.add(conn)
+            conn.connect()
+            return conn
+        try:
+            stale = conn.can_read()  # a reply nobody read, or the server closed it
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            conn.disconnect()
+            conn.connect()
+        return conn
+
+    def _prepare(self) -> None:
+        """First use in this process: check the layout; after a fork, leave the parent's
+        connections to the parent."""
+        self._check_layout()
+        self._idle = []
+        self._made = WeakSet()
+        self._ready_in = os.getpid()
+
+    def _run(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
+        """Run ``script`` in one round trip: ``EVALSHA`` (``EVAL`` if the server lacks the
+        script, e.g. after a restart), on a connection of the store's own.
+
+        One script per callback step, so this skips what the client does around each command
+        (pool bookkeeping, retry wrapper, observability hooks); connections are checked,
+        never retried, and errors become :class:`StoreError` as everywhere else.
+        """
+        try:
+            conn = self._connection()
+            try:
+                conn.send_packed_command(
+                    conn.pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+                )
+                try:
+                    reply = conn.read_response()
+                except NoScriptError:
+                    conn.send_packed_command(
+                        conn.pack_command(b"EVAL", script.script, len(keys), *keys, *args)
+                    )
+                    reply = conn.read_response()
+            except redis.ResponseError:
+                self._idle.append(conn)  # the error was the whole reply: the connection is fine
+                raise
+            except BaseException:
+                conn.disconnect()  # a reply may still be on its way: never reuse it
+                raise
+        except redis.RedisError as err:
+            raise self._error(what, err) from err
+        self._idle.append(conn)
+        return reply
 
     def _delivery_key(self, delivery_id: str) -> str:
         return self._delivery_prefix + delivery_id
@@ -491,18 +578,14 @@ class RedisStore:
         ]
         if delivery.official_account is not None:
             args.append(delivery.official_account)
-        self._check_layout()
-        with self._errors(f"keep delivery {delivery.id}"):
-            flat = self._begin(keys=keys, args=args)
+        flat = self._run(self._begin, keys, args, f"keep delivery {delivery.id}")
         return self._claim(delivery.msg_keys, flat, frozenset())
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay, in one script."""
         keys = [self._delivery_key(delivery_id), *(self._status[s] for s in _STATUS_KEYS)]
         args = [delivery_id, repr(float(lease_seconds)), self._message_prefix]
-        self._check_layout()
-        with self._errors(f"resume delivery {delivery_id}"):
-            answer = self._resume(keys=keys, args=args)
+        answer = self._run(self._resume, keys, args, f"resume delivery {delivery_id}")
         if answer[0] == "missing":
             raise UnknownDelivery(delivery_id)
         if answer[0] == "busy":
@@ -531,9 +614,7 @@ class RedisStore:
                 json.dumps(sorted(outcome.succeeded.get(key, frozenset()))),
                 "1" if key in outcome.failed else "0",
             ]
-        self._check_layout()
-        with self._errors(f"finish delivery {delivery_id}"):
-            self._finish(keys=keys, args=args)
+        self._run(self._finish, keys, args, f"finish delivery {delivery_id}")
 
     def get(self, delivery_id: str) -> Delivery | None:
         """One delivery, or ``None``."""
@@ -638,3 +719,6 @@ class RedisStore:
         """Disconnect this process's connections; the store reconnects if used again."""
         with self._errors("close"):
             self._client.close()
+            for conn in list(self._made):
+                conn.disconnect()
+            self._idle = []
