@@ -980,6 +980,28 @@ def test_a_redis_store_sends_a_script_the_server_lacks(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_redis_store_packs_commands_with_or_without_hiredis(
+    redis_store_url: str, encoding: str
+) -> None:
+    store = open_store(f"{redis_store_url}&encoding={encoding}", "/nowhere")
+    assert isinstance(store, RedisStore)
+    if encoding == "utf-8":
+        store._pack = None  # as without the hiredis extra: the client's packer
+    else:
+        assert store._pack is None  # hiredis would send UTF-8
+    delivery = make_delivery("clé-1", "k2")
+    claim = store.begin(delivery, LEASE)
+    assert set(claim.owned) == {"clé-1", "k2"}
+    store.finish(delivery.id, claim, all_ok(claim, A))
+    kept = store.get(delivery.id)
+    assert kept is not None
+    assert kept.msg_keys == ("clé-1", "k2")
+    assert kept.status == DeliveryStatus.DONE
+    store.close()
+
+
+@pytest.mark.redis
 def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url: str) -> None:
     store = open_store(redis_store_url, "/nowhere")
     store.ping()  # the parent holds a pooled connection

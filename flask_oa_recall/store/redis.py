@@ -22,12 +22,13 @@ Needs Redis 5.0 or later (scripts that write after ``TIME``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import secrets
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol, cast
@@ -284,6 +285,18 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
+_Pack = Callable[[tuple[object, ...]], bytes]
+
+
+def _hiredis_pack() -> _Pack | None:
+    """hiredis's ``pack_command`` (the ``hiredis`` extra), or ``None`` without it."""
+    try:
+        hiredis = importlib.import_module("hiredis")
+    except ImportError:
+        return None
+    return cast(_Pack, hiredis.pack_command)
+
+
 def _score(value: float) -> str:
     """A float as Redis reads a score."""
     if math.isinf(value):
@@ -419,6 +432,9 @@ class RedisStore:
         self._ready_in: int | None = None
         self._idle: list[_Connection] = []
         self._made: WeakSet[_Connection] = WeakSet()
+        # hiredis packs str arguments as UTF-8, as the client does by default.
+        encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("_", "-")
+        self._pack = _hiredis_pack() if encoding in ("utf-8", "utf8") else None
         self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
         self._begin = self._client.register_script(_BEGIN)
         self._resume = self._client.register_script(_RESUME)
@@ -515,14 +531,15 @@ class RedisStore:
         try:
             conn = self._connection()
             try:
-                conn.send_packed_command(
-                    conn.pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
-                )
+                command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+                pack = self._pack
+                conn.send_packed_command([pack(command)] if pack else conn.pack_command(*command))
                 try:
                     reply = conn.read_response()
                 except NoScriptError:
+                    command = (b"EVAL", script.script, *command[2:])
                     conn.send_packed_command(
-                        conn.pack_command(b"EVAL", script.script, len(keys), *keys, *args)
+                        [pack(command)] if pack else conn.pack_command(*command)
                     )
                     reply = conn.read_response()
             except redis.ResponseError:
