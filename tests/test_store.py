@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flask_oa_recall import StoreError, UnknownDelivery
 from flask_oa_recall.store import (
@@ -999,6 +1001,19 @@ def test_a_redis_store_packs_commands_with_or_without_hiredis(
     assert kept.msg_keys == ("clé-1", "k2")
     assert kept.status == DeliveryStatus.DONE
     store.close()
+
+
+@given(
+    items=st.lists(st.text()),
+    pairs=st.dictionaries(st.text(), st.text()),
+)
+def test_redis_store_json_is_what_json_dumps_writes(
+    items: list[str], pairs: dict[str, str]
+) -> None:
+    from flask_oa_recall.store.redis import _json_list, _json_object
+
+    assert _json_list(items) == json.dumps(items)
+    assert _json_object(pairs) == json.dumps(pairs)
 
 
 @pytest.mark.redis

@@ -28,7 +28,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol, cast
@@ -368,6 +368,16 @@ def _to_delivery(fields: Mapping[str, str]) -> Delivery:
 _json_str = encode_basestring_ascii
 
 
+def _json_list(items: Iterable[str]) -> str:
+    """Strings as a JSON list, exactly as ``json.dumps`` writes it."""
+    return "[" + ", ".join(map(_json_str, items)) + "]"
+
+
+def _json_object(pairs: Mapping[str, str]) -> str:
+    """A map of strings as a JSON object, exactly as ``json.dumps`` writes it."""
+    return "{" + ", ".join([f"{_json_str(k)}: {_json_str(v)}" for k, v in pairs.items()]) + "}"
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -588,10 +598,10 @@ class RedisStore:
             _score(delivery.received_at),
             str(delivery.sdk_app_id),
             delivery.command,
-            json.dumps(dict(delivery.query)),
+            _json_object(delivery.query),
             delivery.body,
-            json.dumps(list(delivery.msg_keys)),
-            json.dumps(members),
+            _json_list(delivery.msg_keys),
+            _json_object(members),
         ]
         if delivery.official_account is not None:
             args.append(delivery.official_account)
@@ -620,7 +630,7 @@ class RedisStore:
         args = [
             delivery_id,
             outcome.status,
-            json.dumps(dict(outcome.receivers)),
+            _json_object(outcome.receivers),
             "0" if outcome.error is None else "1",
             outcome.error or "",
             self._message_prefix,
@@ -628,7 +638,7 @@ class RedisStore:
         for key in claim.owned:
             args += [
                 key,
-                json.dumps(sorted(outcome.succeeded.get(key, frozenset()))),
+                _json_list(sorted(outcome.succeeded.get(key, ()))),
                 "1" if key in outcome.failed else "0",
             ]
         self._run(self._finish, keys, args, f"finish delivery {delivery_id}")
