@@ -1020,6 +1020,10 @@ def test_redis_store_json_is_what_json_dumps_writes(
 def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url: str) -> None:
     store = open_store(redis_store_url, "/nowhere")
     store.ping()  # the parent holds a pooled connection
+    store.begin(make_delivery("parent-key"), LEASE)  # and one of the store's own
+    assert isinstance(store, RedisStore)
+    parents = [id(conn) for conn in store._idle]
+    assert parents
     read, write = os.pipe()
     with warnings.catch_warnings():
         # Python 3.12+ warns about fork() in a process with threads; forking is the point here
@@ -1030,7 +1034,8 @@ def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url
         code = 1
         try:
             claim = store.begin(make_delivery("child-key"), LEASE)
-            code = 0 if set(claim.owned) == {"child-key"} else 2
+            fresh = not {id(conn) for conn in store._idle} & set(parents)
+            code = 0 if set(claim.owned) == {"child-key"} and fresh else 2
         finally:
             os.write(write, bytes([code]))
             os._exit(code)
@@ -1040,6 +1045,8 @@ def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    store.ping()  # the parent's connection still works
-    assert [d.msg_keys for d in store.deliveries()] == [("child-key",)]
+    store.ping()  # the parent's connections still work
+    assert set(store.begin(make_delivery("parent-key-2"), LEASE).owned) == {"parent-key-2"}
+    kept = sorted(d.msg_keys for d in store.deliveries())
+    assert kept == [("child-key",), ("parent-key",), ("parent-key-2",)]
     store.close()

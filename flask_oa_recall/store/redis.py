@@ -386,6 +386,20 @@ def _receivers_ok(receivers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(name for name, result in receivers.items() if result == "ok")
 
 
+#: Every store of this process, so that a forked child drops the parent's connections.
+_STORES: WeakSet[RedisStore] = WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for store in list(_STORES):
+        store._forked()
+
+
+# Rather than comparing os.getpid() (a system call) on every command.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 class RedisStore:
     """Deliveries in Redis, for apps that run on several hosts behind a load balancer.
 
@@ -439,7 +453,7 @@ class RedisStore:
         self._layout = f"{tag}:layout"
         self._layout_checked_in: int | None = None
         # begin, finish and resume run on connections of the store's own (see _run).
-        self._ready_in: int | None = None
+        self._ready = False
         self._idle: list[_Connection] = []
         self._made: WeakSet[_Connection] = WeakSet()
         # hiredis packs str arguments as UTF-8, as the client does by default.
@@ -452,6 +466,7 @@ class RedisStore:
         self._prune = self._client.register_script(_PRUNE)
         self._marker_key = f"{tag}:marker"
         self._mark = self._client.register_script(_MARK)
+        _STORES.add(self)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where} prefix={self.prefix!r}>"
@@ -503,7 +518,7 @@ class RedisStore:
     def _connection(self) -> _Connection:
         """An idle connection of this process's own, checked as the pool checks its own, or a
         new one."""
-        if self._ready_in != os.getpid():
+        if not self._ready:
             self._prepare()
         try:
             conn = self._idle.pop()
@@ -523,12 +538,15 @@ class RedisStore:
         return conn
 
     def _prepare(self) -> None:
-        """First use in this process: check the layout; after a fork, leave the parent's
-        connections to the parent."""
+        """First use in this process: check the layout."""
         self._check_layout()
+        self._ready = True
+
+    def _forked(self) -> None:
+        """In a forked child: leave the parent's connections to the parent."""
         self._idle = []
         self._made = WeakSet()
-        self._ready_in = os.getpid()
+        self._ready = False
 
     def _run(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
         """Run ``script`` in one round trip: ``EVALSHA`` (``EVAL`` if the server lacks the
