@@ -878,64 +878,76 @@ def test_two_redis_prefixes_on_one_database_are_separate_stores(redis_url: str) 
         redis_cleanup(redis_url, second)
 
 
+def count_sent_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of each command written to any socket from now on, one per write.
+
+    Counted on the wire, whichever way the store reaches its connections (redis-py's or the
+    store's own, with or without hiredis); a command is written in one ``sendall``.
+    """
+    sent: list[str] = []
+    sendall = socket.socket.sendall
+
+    def sending(self: socket.socket, data: Any, *args: Any) -> Any:
+        wire = bytes(data)
+        if wire.startswith(b"*"):
+            sent.append(wire.split(b"\r\n")[2].decode())  # *<n>, $<len>, the command's name
+        return sendall(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", sending)
+    return sent
+
+
 @pytest.mark.redis
 def test_a_redis_request_costs_two_commands(
     redis_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.connection import AbstractConnection
-
     store = open_store(redis_store_url, "/nowhere")
     assert isinstance(store, RedisStore)
     warm = make_delivery("k0")
     store.finish(warm.id, store.begin(warm, LEASE), Outcome(status="done"))  # scripts loaded
-    # Counted on the wire, whichever way the store reaches its connections.
-    sent: list[str] = []
-    replies: list[object] = []
-    send = AbstractConnection.send_packed_command
-    read = AbstractConnection.read_response
-
-    def sending(self: Any, command: Any, *args: Any, **options: Any) -> Any:
-        wire = command if isinstance(command, bytes) else b"".join(command)
-        sent.append(wire.split(b"\r\n")[2].decode())  # *<n>, $<len>, the command's name
-        return send(self, command, *args, **options)
-
-    def reading(self: Any, *args: Any, **options: Any) -> Any:
-        replies.append(read(self, *args, **options))
-        return replies[-1]
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", sending)
-    monkeypatch.setattr(AbstractConnection, "read_response", reading)
+    sent = count_sent_commands(monkeypatch)
     delivery = make_delivery("k1", "k2", "k3")
     claim = store.begin(delivery, LEASE)
     store.finish(delivery.id, claim, all_ok(claim, A))
     assert sent == ["EVALSHA", "EVALSHA"]
-    assert len(replies) == 2
     store.close()
 
 
 @pytest.mark.redis
-def test_a_redis_command_error_becomes_store_error(redis_store_url: str) -> None:
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py"])
+def test_a_redis_command_error_becomes_store_error(redis_store_url: str, hiredis: bool) -> None:
     import redis
 
     store = open_store(redis_store_url, "/nowhere")
     assert isinstance(store, RedisStore)
+    if not hiredis:
+        store._hiredis = None
     client = redis.Redis.from_url(redis_store_url.split("?")[0])
     client.set("{" + store.prefix + "}:all", "not a sorted set")
-    client.close()
     with pytest.raises(StoreError, match="ResponseError") as info:
         store.begin(make_delivery("k1"), LEASE)
     assert "127.0.0.1:6379 db 13" in str(info.value)
     with pytest.raises(StoreError, match="ResponseError"):
         store.deliveries()
+    client.delete("{" + store.prefix + "}:all")
+    client.close()
+    # The error was the whole reply: the same connection serves the next command.
+    assert set(store.begin(make_delivery("k2"), LEASE).owned) == {"k2"}
     store.close()
 
 
 @pytest.mark.redis
-def test_a_redis_store_replaces_a_connection_the_server_closed(redis_store_url: str) -> None:
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py"])
+def test_a_redis_store_replaces_a_connection_the_server_closed(
+    redis_store_url: str, hiredis: bool
+) -> None:
     import redis
 
     name = f"oa-recall-test-{uuid.uuid4().hex[:12]}"
     store = open_store(f"{redis_store_url}&client_name={name}", "/nowhere")
+    assert isinstance(store, RedisStore)
+    if not hiredis:
+        store._hiredis = None  # as without the hiredis extra: redis-py's connection methods
     admin = redis.Redis.from_url(redis_store_url.split("?")[0], decode_responses=True)
     first = make_delivery("k1")
     claim = store.begin(first, LEASE)
@@ -957,24 +969,17 @@ def test_a_redis_store_replaces_a_connection_the_server_closed(redis_store_url: 
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py"])
 def test_a_redis_store_sends_a_script_the_server_lacks(
-    redis_store_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_store_url: str, monkeypatch: pytest.MonkeyPatch, hiredis: bool
 ) -> None:
-    from redis.connection import AbstractConnection
-
     store = open_store(redis_store_url, "/nowhere")
     assert isinstance(store, RedisStore)
+    if not hiredis:
+        store._hiredis = None
     # A digest the server has never seen stands for a script cache emptied by a restart.
     monkeypatch.setattr(store._begin, "sha", "0" * 40)
-    sent: list[str] = []
-    send = AbstractConnection.send_packed_command
-
-    def sending(self: Any, command: Any, *args: Any, **options: Any) -> Any:
-        wire = command if isinstance(command, bytes) else b"".join(command)
-        sent.append(wire.split(b"\r\n")[2].decode())
-        return send(self, command, *args, **options)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", sending)
+    sent = count_sent_commands(monkeypatch)
     claim = store.begin(make_delivery("k1"), LEASE)
     assert set(claim.owned) == {"k1"}
     assert sent[-2:] == ["EVALSHA", "EVAL"]
@@ -989,9 +994,9 @@ def test_a_redis_store_packs_commands_with_or_without_hiredis(
     store = open_store(f"{redis_store_url}&encoding={encoding}", "/nowhere")
     assert isinstance(store, RedisStore)
     if encoding == "utf-8":
-        store._pack = None  # as without the hiredis extra: the client's packer
+        store._hiredis = None  # as without the hiredis extra: redis-py's connection methods
     else:
-        assert store._pack is None  # hiredis would send UTF-8
+        assert store._hiredis is None  # hiredis would send UTF-8
     delivery = make_delivery("clé-1", "k2")
     claim = store.begin(delivery, LEASE)
     assert set(claim.owned) == {"clé-1", "k2"}
@@ -1014,6 +1019,80 @@ def test_redis_store_json_is_what_json_dumps_writes(
 
     assert _json_list(items) == json.dumps(items)
     assert _json_object(pairs) == json.dumps(pairs)
+
+
+class LateRedis:
+    """A fake Redis on 127.0.0.1: answers what a store asks before its scripts (HELLO, GET,
+    EXISTS, SET, CLIENT ...), answers the first ``EVALSHA`` after ``late`` seconds with ``busy`` and
+    every later one at once with ``owned``."""
+
+    def __init__(self, late: float) -> None:
+        self.late = late
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.scripts = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.accept, daemon=True)]
+        self.threads[0].start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self.serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def answer(self, command: list[bytes]) -> bytes:
+        name = command[0].upper()
+        if name == b"EVALSHA":
+            with self.lock:
+                self.scripts += 1
+                first = self.scripts == 1
+            if first:
+                time.sleep(self.late)
+                return b"*2\r\n$4\r\nbusy\r\n$0\r\n\r\n"
+            return b"*2\r\n$5\r\nowned\r\n$2\r\n[]\r\n"
+        answers = {b"GET": b"$-1\r\n", b"EXISTS": b":0\r\n", b"HELLO": b"%1\r\n+proto\r\n:3\r\n"}
+        return answers.get(name, b"+OK\r\n")
+
+    def serve(self, conn: socket.socket) -> None:
+        import hiredis
+
+        reader = hiredis.Reader()
+        with conn:
+            while data := conn.recv(65536):
+                reader.feed(data)
+                while (command := reader.gets()) is not False:
+                    try:
+                        conn.sendall(self.answer(command))
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py"])
+def test_a_redis_reply_that_came_too_late_is_never_read_as_the_next_one(hiredis: bool) -> None:
+    server = LateRedis(late=1.0)
+    try:
+        store = open_store(
+            f"redis://127.0.0.1:{server.port}/0?prefix=late&socket_timeout=0.2", "/nowhere"
+        )
+        assert isinstance(store, RedisStore)
+        if not hiredis:
+            store._hiredis = None
+        with pytest.raises(StoreError, match="TimeoutError"):
+            store.begin(make_delivery("k1"), LEASE)
+        time.sleep(1.2)  # the late "busy" reaches the connection that gave up on it
+        claim = store.begin(make_delivery("k1"), LEASE)
+        assert set(claim.owned) == {"k1"}  # the answer to this command, on a new connection
+        store.close()
+    finally:
+        server.close()
 
 
 @pytest.mark.redis

@@ -22,16 +22,15 @@ Needs Redis 5.0 or later (scripts that write after ``TIME``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
 from weakref import WeakSet
 
@@ -43,6 +42,7 @@ from redis.retry import Retry
 
 from ..durability import Marker, Persistence, redis_persistence
 from ..errors import ConfigError, StoreError, UnknownDelivery
+from ._redis_link import Connection, HiredisLink, Link, hiredis_available
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .url import redact_url
 
@@ -285,18 +285,6 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-_Pack = Callable[[tuple[object, ...]], bytes]
-
-
-def _hiredis_pack() -> _Pack | None:
-    """hiredis's ``pack_command`` (the ``hiredis`` extra), or ``None`` without it."""
-    try:
-        hiredis = importlib.import_module("hiredis")
-    except ImportError:
-        return None
-    return cast(_Pack, hiredis.pack_command)
-
-
 def _score(value: float) -> str:
     """A float as Redis reads a score."""
     if math.isinf(value):
@@ -330,18 +318,6 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 _masked = redact_url
-
-
-class _Connection(Protocol):
-    """What the store uses of a redis-py connection (``redis.connection.AbstractConnection``,
-    whose methods are not annotated)."""
-
-    def connect(self) -> None: ...
-    def disconnect(self) -> None: ...
-    def can_read(self) -> bool: ...
-    def pack_command(self, *args: object) -> list[bytes]: ...
-    def send_packed_command(self, command: list[bytes]) -> None: ...
-    def read_response(self) -> Any: ...
 
 
 def _to_delivery(fields: Mapping[str, str]) -> Delivery:
@@ -454,11 +430,13 @@ class RedisStore:
         self._layout_checked_in: int | None = None
         # begin, finish and resume run on connections of the store's own (see _run).
         self._ready = False
-        self._idle: list[_Connection] = []
-        self._made: WeakSet[_Connection] = WeakSet()
+        self._idle: list[Link] = []
+        self._links: WeakSet[Link] = WeakSet()
         # hiredis packs str arguments as UTF-8, as the client does by default.
-        encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("_", "-")
-        self._pack = _hiredis_pack() if encoding in ("utf-8", "utf8") else None
+        encoding = str(kwargs.get("encoding", "utf-8"))
+        self._hiredis: tuple[str, str] | None = None
+        if hiredis_available() and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            self._hiredis = (encoding, str(kwargs.get("encoding_errors", "strict")))
         self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
         self._begin = self._client.register_script(_BEGIN)
         self._resume = self._client.register_script(_RESUME)
@@ -515,27 +493,19 @@ class RedisStore:
             self._client.set(self._layout, str(self.layout_version), nx=True)
         self._layout_checked_in = pid
 
-    def _connection(self) -> _Connection:
-        """An idle connection of this process's own, checked as the pool checks its own, or a
-        new one."""
+    def _link(self) -> Link:
+        """An idle link of this process's own, checked, or a new one."""
         if not self._ready:
             self._prepare()
         try:
-            conn = self._idle.pop()
+            link = self._idle.pop()
         except IndexError:
             pool = self._client.connection_pool
-            conn = cast(_Connection, pool.connection_class(**pool.connection_kwargs))
-            self._made.add(conn)
-            conn.connect()
-            return conn
-        try:
-            stale = conn.can_read()  # a reply nobody read, or the server closed it
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            stale = True
-        if stale:
-            conn.disconnect()
-            conn.connect()
-        return conn
+            conn = cast(Connection, pool.connection_class(**pool.connection_kwargs))
+            link = HiredisLink(conn, *self._hiredis) if self._hiredis else Link(conn)
+            self._links.add(link)
+        link.ready()
+        return link
 
     def _prepare(self) -> None:
         """First use in this process: check the layout."""
@@ -545,7 +515,7 @@ class RedisStore:
     def _forked(self) -> None:
         """In a forked child: leave the parent's connections to the parent."""
         self._idle = []
-        self._made = WeakSet()
+        self._links = WeakSet()
         self._ready = False
 
     def _run(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
@@ -557,28 +527,21 @@ class RedisStore:
         never retried, and errors become :class:`StoreError` as everywhere else.
         """
         try:
-            conn = self._connection()
-            try:
-                command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
-                pack = self._pack
-                conn.send_packed_command([pack(command)] if pack else conn.pack_command(*command))
-                try:
-                    reply = conn.read_response()
-                except NoScriptError:
-                    command = (b"EVAL", script.script, *command[2:])
-                    conn.send_packed_command(
-                        [pack(command)] if pack else conn.pack_command(*command)
-                    )
-                    reply = conn.read_response()
-            except redis.ResponseError:
-                self._idle.append(conn)  # the error was the whole reply: the connection is fine
-                raise
-            except BaseException:
-                conn.disconnect()  # a reply may still be on its way: never reuse it
-                raise
+            link = self._link()
         except redis.RedisError as err:
             raise self._error(what, err) from err
-        self._idle.append(conn)
+        command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                reply = link.call(command)
+            except NoScriptError:
+                reply = link.call((b"EVAL", script.script, *command[2:]))
+        except redis.ResponseError as err:
+            self._idle.append(link)  # the error was the whole reply: the link is in step
+            raise self._error(what, err) from err
+        except redis.RedisError as err:
+            raise self._error(what, err) from err  # the link closed its connection
+        self._idle.append(link)
         return reply
 
     def _delivery_key(self, delivery_id: str) -> str:
@@ -764,6 +727,6 @@ class RedisStore:
         """Disconnect this process's connections; the store reconnects if used again."""
         with self._errors("close"):
             self._client.close()
-            for conn in list(self._made):
-                conn.disconnect()
+            for link in list(self._links):
+                link.close()
             self._idle = []
