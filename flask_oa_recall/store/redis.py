@@ -15,8 +15,10 @@ Redis Cluster hash tag, so every key of one store lives in one slot:
 
 ``begin``, ``finish`` and ``resume`` are Lua scripts, so each is one atomic step on the server,
 and leases are judged by the Redis server's clock (``TIME``), the one clock every host shares.
-``finish``, ``resume`` and ``prune`` reach message and delivery keys that are not passed in
-``KEYS`` (through ``members``); they share the hash tag, so they are in the script's slot.
+The scripts reach keys that are not passed in ``KEYS``: ``begin`` and ``finish`` name the
+sorted sets (and ``finish`` the message keys) from the delivery key's hash tag, which keeps each
+command short, and ``finish``, ``resume`` and ``prune`` find message and delivery keys through
+``members``; they share the hash tag, so they are in the script's slot.
 Needs Redis 5.0 or later (scripts that write after ``TIME``).
 """
 
@@ -108,6 +110,12 @@ local function claim(keys, id, now, lease)
   return out
 end
 
+-- The hash tag "{P}" of a delivery key "{P}:d:<id>": the other keys are named from it rather
+-- than passed in KEYS, which keeps the commands short (they share the tag, so the slot).
+local function tag_of(delivery, id)
+  return string.sub(delivery, 1, #delivery - #id - 3)
+end
+
 -- The Redis keys of the delivery's messages, in msg_keys order, from the kept fields.
 local function message_keys(delivery, prefix)
   local d = redis.call('HMGET', delivery, 'msg_keys', 'members')
@@ -120,7 +128,7 @@ local function message_keys(delivery, prefix)
 end
 """
 
-# KEYS: delivery, all, pending, message keys...
+# KEYS: delivery, message keys...
 # ARGV: id, lease seconds, received_at, sdk_app_id, command, query, body, msg_keys, members,
 #       official_account (absent when the callback has none)
 _BEGIN = (
@@ -139,10 +147,11 @@ redis.call('HSET', KEYS[1], 'status', 'pending', 'attempts', '1', 'receivers', '
 if ARGV[10] then
   redis.call('HSET', KEYS[1], 'official_account', ARGV[10])
 end
-redis.call('ZADD', KEYS[2], ARGV[3], id)
-redis.call('ZADD', KEYS[3], ARGV[3], id)
+local tag = tag_of(KEYS[1], id)
+redis.call('ZADD', tag .. ':all', ARGV[3], id)
+redis.call('ZADD', tag .. ':s:pending', ARGV[3], id)
 local keys = {}
-for i = 4, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 2, #KEYS do keys[#keys + 1] = KEYS[i] end
 return claim(keys, id, now, lease)
 """
 )
@@ -176,8 +185,8 @@ return {'ok', out, redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: delivery, pending, done, failed, duplicate, mdone
-# ARGV: id, status, receivers JSON, has error ('0'/'1'), error, message key prefix,
+# KEYS: delivery
+# ARGV: id, status, receivers JSON, has error ('0'/'1'), error,
 #       then per owned MsgKey: the MsgKey, succeeded JSON list, failed ('0'/'1')
 _FINISH = (
     _LUA_COMMON
@@ -191,12 +200,15 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('delivery ' .. id .. ' vanished from the store')
 end
 local members = cjson.decode(redis.call('HGET', KEYS[1], 'members'))
-for j = 7, #ARGV, 3 do
+for j = 6, #ARGV, 3 do
   if not members[ARGV[j]] then
     return redis.error_reply('MsgKey ' .. ARGV[j] .. ' is not in delivery ' .. id)
   end
 end
 local now = now_time()
+local tag = tag_of(KEYS[1], id)
+local message_prefix = tag .. ':m:'
+local mdone = tag .. ':mdone'
 
 local function encode_set(set)
   local list = {}
@@ -206,9 +218,9 @@ local function encode_set(set)
   return cjson.encode(list)
 end
 
-for j = 7, #ARGV, 3 do
+for j = 6, #ARGV, 3 do
   local member = members[ARGV[j]]
-  local key = ARGV[6] .. member
+  local key = message_prefix .. member
   local s = redis.call('HMGET', key, 'done', 'owner', 'lease_until', 'receivers_done')
   local names = {}
   for _, name in ipairs(cjson.decode(s[4] or '[]')) do names[name] = true end
@@ -222,16 +234,15 @@ for j = 7, #ARGV, 3 do
   redis.call('HSET', key, 'done', done and '1' or '0', 'lease_until', lease_until,
     'receivers_done', encode_set(names), 'updated_at', fmt(now))
   if done then
-    redis.call('ZADD', KEYS[6], fmt(now), member)
+    redis.call('ZADD', mdone, fmt(now), member)
   end
 end
 
 local d = redis.call('HMGET', KEYS[1], 'status', 'received_at', 'receivers')
-local old = status_index(d[1])
-if old then
-  redis.call('ZREM', KEYS[1 + old], id)
+if status_index(d[1]) then
+  redis.call('ZREM', tag .. ':s:' .. d[1], id)
 end
-redis.call('ZADD', KEYS[1 + new], d[2], id)
+redis.call('ZADD', tag .. ':s:' .. ARGV[2], d[2], id)
 local merged = cjson.decode(d[3] or '{}')
 for name, result in pairs(cjson.decode(ARGV[3])) do
   if merged[name] ~= 'ok' then merged[name] = result end
@@ -569,8 +580,6 @@ class RedisStore:
         prefix = self._message_prefix
         keys = [
             self._delivery_prefix + delivery.id,
-            self._all,
-            self._status[DeliveryStatus.PENDING],
             *[prefix + member for member in members.values()],
         ]
         args = [
@@ -603,18 +612,13 @@ class RedisStore:
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
         """Record ``outcome`` and release the claims in one script (one round trip)."""
-        keys = [
-            self._delivery_key(delivery_id),
-            *(self._status[s] for s in _STATUS_KEYS),
-            self._mdone,
-        ]
+        keys = [self._delivery_prefix + delivery_id]
         args = [
             delivery_id,
             outcome.status,
             _json_object(outcome.receivers),
             "0" if outcome.error is None else "1",
             outcome.error or "",
-            self._message_prefix,
         ]
         for key in claim.owned:
             args += [
