@@ -1096,6 +1096,35 @@ def test_a_redis_reply_that_came_too_late_is_never_read_as_the_next_one(hiredis:
 
 
 @pytest.mark.redis
+def test_a_redis_delivery_keeps_its_json_fields_as_json_dumps_writes_them(
+    redis_store_url: str,
+) -> None:
+    import redis
+
+    store = open_store(redis_store_url, "/nowhere")
+    assert isinstance(store, RedisStore)
+    keys = ('k"1', "clé\\2", "k3")
+    delivery = make_delivery(*keys)
+    claim = store.begin(delivery, LEASE)
+    store.finish(delivery.id, claim, all_ok(claim, A, B))
+    client = redis.Redis.from_url(redis_store_url.split("?")[0], decode_responses=True)
+    kept = client.hgetall("{" + store.prefix + "}:d:" + delivery.id)
+    compact = (",", ":")  # members are [sdkappid,"official_account","msgkey"], no spaces
+    head = [delivery.sdk_app_id, delivery.official_account or ""]
+    member = {k: json.dumps([*head, k], separators=compact) for k in keys}
+    assert kept["msg_keys"] == json.dumps(list(keys))
+    assert kept["members"] == json.dumps(member)
+    assert kept["query"] == json.dumps(dict(delivery.query))
+    assert json.loads(kept["receivers"]) == {A: "ok", B: "ok"}
+    for key in keys:
+        state = client.hgetall("{" + store.prefix + "}:m:" + member[key])
+        assert state["done"] == "1"
+        assert json.loads(state["receivers_done"]) == sorted([A, B])
+    client.close()
+    store.close()
+
+
+@pytest.mark.redis
 def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url: str) -> None:
     store = open_store(redis_store_url, "/nowhere")
     store.ping()  # the parent holds a pooled connection

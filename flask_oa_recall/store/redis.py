@@ -355,6 +355,9 @@ def _to_delivery(fields: Mapping[str, str]) -> Delivery:
 _json_str = encode_basestring_ascii
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
 def _json_list(items: Iterable[str]) -> str:
     """Strings as a JSON list, exactly as ``json.dumps`` writes it."""
     return "[" + ", ".join(map(_json_str, items)) + "]"
@@ -574,14 +577,14 @@ class RedisStore:
 
     def begin(self, delivery: NewDelivery, lease_seconds: float) -> Claim:
         """Keep ``delivery`` and claim its messages in one script (one round trip)."""
-        # finish and resume find the message keys through this map, inside their scripts.
+        # finish and resume find the message keys through the members map, inside their scripts.
+        # Each MsgKey is quoted once, for its member, the MsgKey list and the map's keys.
+        quoted = list(map(_json_str, delivery.msg_keys))
         head = f"[{delivery.sdk_app_id},{_json_str(delivery.official_account or '')},"
-        members = {key: f"{head}{_json_str(key)}]" for key in delivery.msg_keys}
+        members = [f"{head}{key}]" for key in quoted]
         prefix = self._message_prefix
-        keys = [
-            self._delivery_prefix + delivery.id,
-            *[prefix + member for member in members.values()],
-        ]
+        keys = [self._delivery_prefix + delivery.id, *[prefix + member for member in members]]
+        pairs = [f"{key}: {_json_str(member)}" for key, member in zip(quoted, members, strict=True)]
         args = [
             delivery.id,
             repr(float(lease_seconds)),
@@ -590,8 +593,8 @@ class RedisStore:
             delivery.command,
             _json_object(delivery.query),
             delivery.body,
-            _json_list(delivery.msg_keys),
-            _json_object(members),
+            "[" + ", ".join(quoted) + "]",
+            "{" + ", ".join(pairs) + "}",
         ]
         if delivery.official_account is not None:
             args.append(delivery.official_account)
@@ -620,12 +623,16 @@ class RedisStore:
             "0" if outcome.error is None else "1",
             outcome.error or "",
         ]
+        succeeded = outcome.succeeded
+        failed = outcome.failed
+        # Keys handled by the same receivers share one set (dispatch groups them): encode it once.
+        encoded: dict[int, str] = {}
         for key in claim.owned:
-            args += [
-                key,
-                _json_list(sorted(outcome.succeeded.get(key, ()))),
-                "1" if key in outcome.failed else "0",
-            ]
+            names = succeeded.get(key, _NO_NAMES)
+            text = encoded.get(id(names))
+            if text is None:
+                text = encoded[id(names)] = _json_list(sorted(names))
+            args += (key, text, "1" if key in failed else "0")
         self._run(self._finish, keys, args, f"finish delivery {delivery_id}")
 
     def get(self, delivery_id: str) -> Delivery | None:
