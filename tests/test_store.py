@@ -1158,3 +1158,27 @@ def test_a_redis_store_used_after_fork_opens_its_own_connections(redis_store_url
     kept = sorted(d.msg_keys for d in store.deliveries())
     assert kept == [("child-key",), ("parent-key",), ("parent-key-2",)]
     store.close()
+
+
+@pytest.mark.redis
+def test_a_redis_connection_without_a_visible_socket_still_serves_the_hiredis_link(
+    redis_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hiredis link writes to redis-py's private ``_sock``; a redis-py that keeps its socket
+    # elsewhere must not break the store: the link falls back to the connection's methods.
+    from flask_oa_recall.store import _redis_link
+    from flask_oa_recall.store._redis_link import HiredisLink, hiredis_available
+
+    if not hiredis_available():
+        pytest.skip("hiredis is not installed (the hiredis extra)")
+    monkeypatch.setattr(_redis_link, "_socket_of", lambda conn: None)
+    store = open_store(redis_store_url, "/nowhere")
+    assert isinstance(store, RedisStore)
+    first = make_delivery("k1", "k2")
+    claim = store.begin(first, LEASE)
+    store.finish(first.id, claim, all_ok(claim, A))
+    assert store.begin(make_delivery("k1"), LEASE).done == ("k1",)
+    links = list(store._links)
+    assert links
+    assert all(isinstance(link, HiredisLink) and link._fallback for link in links)
+    store.close()

@@ -112,6 +112,12 @@ def _parse_error() -> Callable[[str], Exception]:
         return redis.ResponseError
 
 
+def _socket_of(conn: Connection) -> socket.socket | None:
+    """The connected socket redis-py keeps (a private attribute), if it is where it was."""
+    sock = getattr(conn, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 _NOT_ENOUGH_DATA = object()
 _READ_SIZE = 65536
 
@@ -128,13 +134,17 @@ class HiredisLink(Link):
         self._poll: Any = None
         self._reader: Any = None
         self._pack: _Pack = _hiredis.pack_command
+        #: The connection showed no socket: this link works as a :class:`Link`.
+        self._fallback = False
 
     def _open(self) -> None:
         conn = self.conn
         conn.connect()
-        sock: socket.socket | None = getattr(conn, "_sock", None)
-        if sock is None:  # pragma: no cover - redis-py keeps its socket elsewhere
-            raise redis.ConnectionError("the Redis connection exposes no socket")
+        sock = _socket_of(conn)
+        if sock is None:  # a redis-py that keeps its socket elsewhere: its own methods then
+            self._fallback = True
+            self._connected = True
+            return
         poll = select.poll()
         poll.register(sock, select.POLLIN)
         self._reader = _hiredis.Reader(
@@ -150,7 +160,9 @@ class HiredisLink(Link):
 
     def ready(self) -> None:
         """Connect, or replace a connection the server closed or that holds an unread reply."""
-        if self._sock is None:
+        if self._fallback:
+            super().ready()
+        elif self._sock is None:
             self._open()
         elif self._poll.poll(0):  # readable while idle: closed by the server, or stray data
             self.close()
@@ -158,6 +170,8 @@ class HiredisLink(Link):
 
     def call(self, command: tuple[object, ...]) -> Any:
         """Send ``command``, return its reply; an error reply is raised (``ResponseError``)."""
+        if self._fallback:
+            return super().call(command)
         sock = self._sock
         reader = self._reader
         if sock is None:
