@@ -119,13 +119,19 @@ def test_operator_lists_filters_opens_and_replays_a_failed_delivery(
         # A filter, through the form.
         Select(driver.find_element("id", "status")).select_by_value("failed")
         driver.find_element("css selector", "form.filters button").click()
-        assert "status=failed" in driver.current_url
+        # click() may return before the submitted form's page has loaded.
+        WebDriverWait(driver, 20).until(
+            lambda d: (
+                "status=failed" in d.current_url
+                and "1 matching" in d.find_element("id", "summary").text
+            )
+        )
         (failed,) = rows(driver)
         assert failed["Status"] == "failed"
-        assert "1 matching" in driver.find_element("id", "summary").text
 
         # The failed delivery's page.
         driver.find_element("css selector", "td.id a").click()
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements("id", "body"))
         assert driver.find_element("id", "status").text == "failed"
         body = driver.find_element("id", "body").text
         assert json.loads(body)["WithdrawMsgList"] == [{"MsgKey": RECALLED_FAILING}]
