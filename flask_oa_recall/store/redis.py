@@ -446,10 +446,17 @@ class RedisStore:
         self._ready = False
         self._idle: list[Link] = []
         self._links: WeakSet[Link] = WeakSet()
-        # hiredis packs str arguments as UTF-8, as the client does by default.
+        # The scripts decode the JSON they keep as UTF-8 (cjson), and compare MsgKeys sent as
+        # arguments with it: another encoding would keep MsgKeys that can never match.
         encoding = str(kwargs.get("encoding", "utf-8"))
+        if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise ConfigError(
+                _KEY,
+                f"Redis store URL {self.url!r} sets encoding={encoding}: the store's scripts"
+                " read and write UTF-8; leave encoding out (UTF-8 is the default).",
+            )
         self._hiredis: tuple[str, str] | None = None
-        if hiredis_available() and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        if hiredis_available():
             self._hiredis = (encoding, str(kwargs.get("encoding_errors", "strict")))
         self._status = {status: f"{tag}:s:{status}" for status in _STATUS_KEYS}
         self._begin = self._client.register_script(_BEGIN)
