@@ -8,32 +8,19 @@ again; a forked child never writes its parent's; ``finish`` (replay) records at 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from flask_oa_recall import StoreError
-from flask_oa_recall.store import DeliveryStatus, NewDelivery, Outcome, SQLiteStore, grouped
+from flask_oa_recall.store import DeliveryStatus, Outcome, SQLiteStore, grouped
 
 from .servers import wait_for
+from .test_store_crash_points import delivery
 from .test_store_outage import _set_write_version
 
 A = "messages_recalled:host.on_recall"
 LEASE = 60.0
-
-
-def delivery(delivery_id: str, *keys: str) -> NewDelivery:
-    return NewDelivery(
-        id=delivery_id,
-        received_at=time.time(),
-        sdk_app_id=1400000000,
-        command="OfficialAccount.CallbackAfterMsgWithDraw",
-        query={"SdkAppid": "1400000000"},
-        body="{}",
-        official_account="@TOA#_grouped",
-        msg_keys=keys,
-    )
 
 
 def done(keys: tuple[str, ...] | list[str]) -> Outcome:

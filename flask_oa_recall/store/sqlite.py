@@ -489,15 +489,8 @@ class SQLiteStore:
         """Keep ``delivery`` and claim its messages in one transaction."""
         now = time.time()
         keys_json = json.dumps(delivery.msg_keys)
-        pending = self._outcomes.take() if self._outcomes is not None else []
+        conn, pending = self._begin_with_held()
         try:
-            conn = self._begin_immediate()
-        except StoreError:
-            self._give_back(pending)
-            raise
-        try:
-            if pending:
-                self._record_each(conn, pending)
             conn.execute(
                 _INSERT_DELIVERY,
                 (
@@ -525,6 +518,24 @@ class SQLiteStore:
             self._give_back(pending)
             self._roll_back(conn, err)
         return claim
+
+    def _begin_with_held(self) -> tuple[sqlite3.Connection, list[_Finish]]:
+        """A new ``BEGIN IMMEDIATE`` transaction that has recorded the outcomes
+        :meth:`finish_soon` held back; they are held again if it fails (roll back the
+        transaction with :meth:`_give_back` and :meth:`_roll_back`)."""
+        pending = self._outcomes.take() if self._outcomes is not None else []
+        try:
+            conn = self._begin_immediate()
+        except StoreError:
+            self._give_back(pending)
+            raise
+        if pending:
+            try:
+                self._record_each(conn, pending)
+            except BaseException as err:
+                self._give_back(pending)
+                self._roll_back(conn, err)
+        return conn, pending
 
     def _give_back(self, pending: list[_Finish]) -> None:
         if pending and self._outcomes is not None:
@@ -595,15 +606,8 @@ class SQLiteStore:
         """
         now = time.time()
         receivers = _json_object(outcome.receivers) if outcome.receivers else "{}"
-        pending = self._outcomes.take() if self._outcomes is not None else []
+        conn, pending = self._begin_with_held()
         try:
-            conn = self._begin_immediate()
-        except StoreError:
-            self._give_back(pending)
-            raise
-        try:
-            if pending:
-                self._record_each(conn, pending)
             self._record(conn, delivery_id, claim, outcome, receivers, now)
             conn.execute("COMMIT")
         except BaseException as err:
