@@ -8,6 +8,7 @@ again; a forked child never writes its parent's; ``finish`` (replay) records at 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,46 @@ def test_without_grouping_finish_soon_records_at_once(path: str) -> None:
     store.finish_soon("d1", claim, done(["k1"]))
     assert status_elsewhere(path, "d1") == DeliveryStatus.DONE
     store.close()
+
+
+def test_a_flush_waits_for_the_write_the_thread_has_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At exit the thread may hold outcomes it took but has not written yet: the exit flush
+    # must wait for that write instead of finding nothing to do (the thread is a daemon).
+    monkeypatch.setattr(grouped, "GROUP_SECONDS", 0.0)
+    written: list[list[str]] = []
+    writing, release = threading.Event(), threading.Event()
+
+    def write(items: list[str]) -> None:
+        if not written:
+            writing.set()
+            release.wait(5)
+        written.append(items)
+
+    pending: grouped.PendingOutcomes[str] = grouped.PendingOutcomes(write, lambda i, e: None)
+    pending.add("first")
+    assert writing.wait(5)  # the thread took "first" and is writing it
+    pending.add("second")
+    flusher = threading.Thread(target=pending.flush)
+    flusher.start()
+    flusher.join(0.2)
+    assert flusher.is_alive()  # waiting for the thread's write
+    release.set()
+    flusher.join(5)
+    assert not flusher.is_alive()
+    assert written == [["first"], ["second"]]
+
+
+def test_a_fork_leaves_the_parents_held_outcomes_to_the_parent() -> None:
+    held: grouped.PendingOutcomes[str] = grouped.PendingOutcomes(
+        lambda items: None, lambda i, e: None
+    )
+    with held._lock:  # the parent holds one when it forks
+        held._items.append("parent's")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os._exit(0 if held.take() == [] else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert held.take() == ["parent's"]

@@ -41,17 +41,17 @@ IDLE_SECONDS = 5.0
 
 T = TypeVar("T")
 
-_forks = 0
+_everywhere: weakref.WeakSet[PendingOutcomes[Any]] = weakref.WeakSet()
 
 
 def _forked() -> None:
-    global _forks  # one counter for the whole process
-    _forks += 1
+    # In the child, where only the forking thread runs: what was held belongs to the parent,
+    # which records it, and the parent's thread is not here.
+    for pending in list(_everywhere):
+        pending._reset()
 
 
 os.register_at_fork(after_in_child=_forked)
-
-_everywhere: weakref.WeakSet[PendingOutcomes[Any]] = weakref.WeakSet()
 
 
 @atexit.register
@@ -83,17 +83,17 @@ class PendingOutcomes(Generic[T]):
         _everywhere.add(self)
 
     def _reset(self) -> None:
-        # A forked child starts empty: what was pending belongs to the parent, which records it.
-        self._forks = _forks
         self._lock = threading.Lock()
+        #: Held while outcomes taken from the list are being written (by the thread, or by
+        #: :meth:`flush`), so that a flush at exit waits for the thread's write to end. An
+        #: RLock: a failure report may call back into a reader, which flushes.
+        self._writing = threading.RLock()
         self._items: list[T] = []
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, item: T) -> None:
         """Hold ``item`` until the next :meth:`take` or the thread's write."""
-        if self._forks != _forks:
-            self._reset()
         with self._lock:
             self._items.append(item)
             if len(self._items) > MAX_PENDING:
@@ -105,7 +105,7 @@ class PendingOutcomes(Generic[T]):
 
     def take(self) -> list[T]:
         """Everything pending, now the caller's to write (see :meth:`give_back`)."""
-        if not self._items or self._forks != _forks:
+        if not self._items:
             return []
         with self._lock:
             items, self._items = self._items, []
@@ -121,15 +121,17 @@ class PendingOutcomes(Generic[T]):
                 self._let_go(self._items.pop(0))
 
     def flush(self) -> None:
-        """Write what is pending now, in a transaction of its own (readers call this first)."""
-        items = self.take()
-        if not items:
-            return
-        try:
-            self._write(items)
-        except BaseException:
-            self.give_back(items)
-            raise
+        """Write what is pending now, in a transaction of its own (readers call this first),
+        after any write the thread has under way."""
+        with self._writing:
+            items = self.take()
+            if not items:
+                return
+            try:
+                self._write(items)
+            except BaseException:
+                self.give_back(items)
+                raise
 
     def _let_go(self, item: T) -> None:
         logger.error(
@@ -155,20 +157,21 @@ class PendingOutcomes(Generic[T]):
             return True
 
     def _write_in_thread(self) -> None:
-        items = self.take()
-        if not items:
-            return
-        try:
-            self._write(items)
-        except StoreError as err:
-            self.give_back(items)
-            logger.error("could not record %d outcomes; will try again: %s", len(items), err)
-            self._failed(items, err)
-        except Exception:
-            self.give_back(items)
-            logger.exception("could not record %d outcomes; will try again", len(items))
-        else:
-            return
+        with self._writing:
+            items = self.take()
+            if not items:
+                return
+            try:
+                self._write(items)
+            except StoreError as err:
+                self.give_back(items)
+                logger.error("could not record %d outcomes; will try again: %s", len(items), err)
+                self._failed(items, err)
+            except Exception:
+                self.give_back(items)
+                logger.exception("could not record %d outcomes; will try again", len(items))
+            else:
+                return
         time.sleep(RETRY_SECONDS)
         self._wake.set()
 
