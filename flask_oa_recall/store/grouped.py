@@ -96,8 +96,7 @@ class PendingOutcomes(Generic[T]):
         """Hold ``item`` until the next :meth:`take` or the thread's write."""
         with self._lock:
             self._items.append(item)
-            if len(self._items) > MAX_PENDING:
-                self._let_go(self._items.pop(0))
+            self._trim()
         if self._thread is None:
             self._start()
         if not self._wake.is_set():
@@ -117,21 +116,27 @@ class PendingOutcomes(Generic[T]):
             return
         with self._lock:
             self._items[:0] = items
-            while len(self._items) > MAX_PENDING:
-                self._let_go(self._items.pop(0))
+            self._trim()
 
     def flush(self) -> None:
         """Write what is pending now, in a transaction of its own (readers call this first),
         after any write the thread has under way."""
         with self._writing:
-            items = self.take()
-            if not items:
-                return
-            try:
-                self._write(items)
-            except BaseException:
-                self.give_back(items)
-                raise
+            self._write_or_give_back(self.take())
+
+    def _write_or_give_back(self, items: list[T]) -> None:
+        if not items:
+            return
+        try:
+            self._write(items)
+        except BaseException:
+            self.give_back(items)
+            raise
+
+    def _trim(self) -> None:
+        """Let the oldest go beyond :data:`MAX_PENDING` (under the lock)."""
+        while len(self._items) > MAX_PENDING:
+            self._let_go(self._items.pop(0))
 
     def _let_go(self, item: T) -> None:
         logger.error(
@@ -159,16 +164,12 @@ class PendingOutcomes(Generic[T]):
     def _write_in_thread(self) -> None:
         with self._writing:
             items = self.take()
-            if not items:
-                return
             try:
-                self._write(items)
+                self._write_or_give_back(items)
             except StoreError as err:
-                self.give_back(items)
                 logger.error("could not record %d outcomes; will try again: %s", len(items), err)
                 self._failed(items, err)
             except Exception:
-                self.give_back(items)
                 logger.exception("could not record %d outcomes; will try again", len(items))
             else:
                 return
