@@ -6,18 +6,19 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from .arrival import Arrival, plain_query_pairs, read_body
 from .cli import CLI_GROUP, add_commands
 from .config import Settings
 from .deciders import Verdict, decide, is_before_command, send_decision_failed
 from .decisions import Decision
 from .delivery import new_delivery_id, run, start
+from .direct import install as install_direct_route
 from .errors import CallbackRejected
 from .events import RECALL_COMMAND
 from .kinds import KINDS, Event, EventKind
@@ -42,49 +43,13 @@ _ALLOW = Decision()
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _read_body(limit: int) -> bytes:
-    """Read at most ``limit`` bytes, with or without a Content-Length."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise CallbackRejected("body_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        # Inside the try: with the host's MAX_CONTENT_LENGTH set, Werkzeug refuses here.
-        stream = request.stream
-        while size <= limit:
-            chunk = stream.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size == declared:
-                break  # all of it: no need for one more read to learn the body ended
-    except ClientDisconnected:
-        raise CallbackRejected("incomplete_body") from None
-    except RequestEntityTooLarge:
-        raise CallbackRejected("body_too_large") from None
-    except Exception as err:
-        # The server's input stream failed: gunicorn raises its own errors (NoMoreData,
-        # InvalidChunkSize...) for a chunked body that breaks off or is malformed.
-        logger.info("could not read a request body: %s", type(err).__name__)
-        raise CallbackRejected(
-            "incomplete_body",
-            "The body could not be read: it ended early or its chunks are malformed.",
-        ) from None
-    if size > limit:
-        raise CallbackRejected("body_too_large")
-    return b"".join(chunks)
-
-
 def _query_pairs() -> list[tuple[str, str]]:
     """The query's name/value pairs in order; raw bytes that are not UTF-8 become U+FFFD."""
     raw = request.query_string
-    if raw.isascii() and b"%" not in raw and b"+" not in raw:
-        # Nothing to unquote (Tencent's usual query): the pairs ``request.args`` would give,
-        # without building a MultiDict, at a fifth of the cost.
-        parts = [part.partition("=") for part in raw.decode("ascii").split("&") if part]
-        return [(name, value) for name, _, value in parts]
+    if raw.isascii():
+        plain = plain_query_pairs(raw.decode("ascii"))
+        if plain is not None:
+            return plain
     try:
         return list(request.args.items(multi=True))
     except UnicodeDecodeError:
@@ -94,9 +59,9 @@ def _query_pairs() -> list[tuple[str, str]]:
         return parse_qsl(text, keep_blank_values=True, errors="replace")
 
 
-def _reject(app: Flask, err: CallbackRejected) -> Response:
+def _reject(app: Flask, err: CallbackRejected, environ: Mapping[str, Any]) -> Response:
     rejection = err.rejection
-    log_rejection(err)
+    log_rejection(err, environ)
     try:
         callback_rejected.send(
             app,
@@ -123,15 +88,15 @@ class Verified:
     command: str
 
 
-def verify(settings: Settings) -> Verified:
+def verify(settings: Settings, arrival: Arrival) -> Verified:
     """Read and check the request: method, body size, SdkAppid, ``Sign``, JSON, command.
 
     :raises CallbackRejected: at the first check that fails.
     """
-    if request.method != "POST":
+    if arrival.method != "POST":
         raise CallbackRejected("method_not_allowed")
-    raw = _read_body(settings.max_body_bytes)
-    query, kept_query = read_query(_query_pairs())
+    raw = read_body(arrival.open_body, arrival.declared, settings.max_body_bytes)
+    query, kept_query = read_query(arrival.pairs)
     sdk_app_id = check_sdk_app_id(query, settings.sdk_app_ids)
     tokens = settings.tokens.get(sdk_app_id)
     if tokens:
@@ -187,33 +152,54 @@ def _new_delivery(
     )
 
 
+def _request_stream() -> IO[bytes]:
+    return request.stream
+
+
 def callback() -> Response:
     """Handle one request to the callback URL: verify, apply the keep policy, keep, dispatch,
     answer; a before-callback is answered by its decider first. In a span
     ``oa_recall.callback`` when tracing."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
+    arrival = Arrival(
+        request.method, request.environ, request.content_length, _request_stream, _query_pairs()
+    )
+    return serve(app, state, state.settings(app.config), arrival) or ok_response()
+
+
+def serve(
+    app: Flask, state: OARecallState, settings: Settings, arrival: Arrival
+) -> Response | None:
+    """Answer ``arrival`` (in an app context): its response, or ``None`` for the plain ``OK``
+    (HTTP 200, :data:`~flask_oa_recall.responses.OK_BODY`), which each route writes its own
+    way."""
     tracer = state.tracer()
     if tracer is None:
-        return _handle(app, state, None)
+        return _handle(app, state, settings, None, arrival)
     with tracer.start_as_current_span("oa_recall.callback"):
-        return _handle(app, state, tracer)
+        return _handle(app, state, settings, tracer, arrival)
 
 
-def _handle(app: Flask, state: OARecallState, tracer: Tracer | None) -> Response:
+def _handle(
+    app: Flask,
+    state: OARecallState,
+    settings: Settings,
+    tracer: Tracer | None,
+    arrival: Arrival,
+) -> Response | None:
     arrived = time.monotonic()
-    settings = state.settings(app.config)
     try:
         if tracer is None:
-            verified = verify(settings)
+            verified = verify(settings, arrival)
         else:
             with tracer.start_as_current_span("oa_recall.verify"):
-                verified = verify(settings)
+                verified = verify(settings, arrival)
         chosen = plan(app, settings, verified.command)
         before = is_before_command(verified.command)
         if chosen.idle and not before:
             _observe(state, tracer, verified.command, "acknowledged", None)
-            return ok_response()
+            return None
         received_at = time.time()
         delivery_id = new_delivery_id(received_at)
         event = None
@@ -223,7 +209,7 @@ def _handle(app: Flask, state: OARecallState, tracer: Tracer | None) -> Response
                 verified.body, verified.query, verified.sdk_app_id, delivery_id
             )
     except CallbackRejected as err:
-        return _reject(app, err)
+        return _reject(app, err, arrival.environ)
     if tracer is not None:
         annotate_current(
             command=verified.command, sdk_app_id=verified.sdk_app_id, delivery_id=delivery_id
@@ -231,7 +217,7 @@ def _handle(app: Flask, state: OARecallState, tracer: Tracer | None) -> Response
     delivery = _new_delivery(verified, event, delivery_id, received_at)
     if before:
         deadline = arrived + settings.decision_seconds
-        return _answer_before(app, state, settings, delivery, verified, chosen, deadline)
+        return _answer_before(app, state, settings, delivery, verified, chosen, deadline, arrival)
     return _keep_and_dispatch(
         app, state, tracer, settings, delivery, event, verified.body, chosen.keep
     )
@@ -260,7 +246,7 @@ def _keep_and_dispatch(
     event: Event | None,
     body: Mapping[str, Any],
     keep: bool,
-) -> Response:
+) -> Response | None:
     store = state.store(settings) if keep else None
     prepared = start(
         app, store, delivery, event, body, delivery.query, settings.lease_seconds, tracer=tracer
@@ -287,7 +273,7 @@ def _keep_and_dispatch(
         # send it again because nothing kept the failure for a replay.
         return reject_response(REJECTIONS["delivery_not_kept"])
     _observe(state, tracer, delivery.command, outcome.status, delivery.received_at)
-    return ok_response()
+    return None
 
 
 def _answer_before(
@@ -298,6 +284,7 @@ def _answer_before(
     verified: Verified,
     chosen: Plan,
     deadline: float,
+    arrival: Arrival,
 ) -> Response:
     """Answer a before-callback with its decider's decision (allow when it has none), by
     ``deadline`` and without touching the store. ``decision_failed``, keeping the delivery (as
@@ -319,12 +306,12 @@ def _answer_before(
         tracer = state.tracer()
         if tracer is None:
             verdict = decide(
-                app, decider, callback, request.environ, verified.raw, settings, pool, deadline
+                app, decider, callback, arrival.environ, verified.raw, settings, pool, deadline
             )
         else:
             with tracer.start_as_current_span("oa_recall.decision") as span:
                 verdict = decide(
-                    app, decider, callback, request.environ, verified.raw, settings, pool, deadline
+                    app, decider, callback, arrival.environ, verified.raw, settings, pool, deadline
                 )
                 kind, failure = verdict.decision.kind, verdict.failure
                 span.set_attributes(decision_attributes(delivery.command, kind, failure))
@@ -356,7 +343,8 @@ def _answer_before(
 
 def not_found(rest: str = "") -> Response:
     """Paths under the callback route that do not exist get the envelope too."""
-    return _reject(current_app._get_current_object(), CallbackRejected("not_found"))  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return _reject(app, CallbackRejected("not_found"), request.environ)
 
 
 def _on_register(setup: BlueprintSetupState) -> None:
@@ -385,7 +373,12 @@ def _remember_route(setup: BlueprintSetupState) -> None:
     # So that send, check and the test helpers find the route under any blueprint name.
     app = setup.app
     assert isinstance(app, Flask)
-    get_state(app).callback_endpoints.add(_endpoint_prefix(setup) + "callback")
+    state = get_state(app)
+    endpoint = _endpoint_prefix(setup) + "callback"
+    state.callback_endpoints.add(endpoint)
+    for rule in app.url_map.iter_rules(endpoint):
+        if rule.host is None and not rule.subdomain and "<" not in rule.rule:
+            install_direct_route(app, serve, rule.rule, endpoint.rpartition(".")[0])
 
 
 def create_blueprint(name: str = "oa_recall") -> Blueprint:

@@ -59,6 +59,7 @@ DEFAULTS: Mapping[str, Any] = {
     "OA_RECALL_STORE_REQUIRED": False,
     "OA_RECALL_METRICS": False,
     "OA_RECALL_TRACING": True,
+    "OA_RECALL_DIRECT": True,
 }
 
 #: The journal's file in the instance folder when ``OA_RECALL_JOURNAL = True``.
@@ -144,6 +145,12 @@ DESCRIPTIONS: Mapping[str, str] = {
         "Create OpenTelemetry spans when the ``tracing`` extra is installed and a tracer provider"
         " is configured; ``False`` never creates any."
     ),
+    "OA_RECALL_DIRECT": (
+        "Serve a plain callback (a ``POST`` with a ``Content-Length`` and an unescaped query)"
+        " without Flask's request dispatch, in an app context, while the app has no request"
+        " hooks or request signals that would apply to it; ``False`` sends every request"
+        " through Flask. See :ref:`direct-route`."
+    ),
 }
 
 _KEYS = (*REQUIRED, *DEFAULTS)
@@ -190,6 +197,7 @@ class Settings:
     store_required: bool = False
     metrics: bool = False
     tracing: bool = True
+    direct: bool = True
 
     @property
     def authenticates(self) -> bool:
@@ -406,6 +414,7 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         store_required=_bool(config, "OA_RECALL_STORE_REQUIRED"),
         metrics=_bool(config, "OA_RECALL_METRICS"),
         tracing=_bool(config, "OA_RECALL_TRACING"),
+        direct=_bool(config, "OA_RECALL_DIRECT"),
     )
 
 

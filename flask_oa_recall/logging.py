@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
-
-from flask import request
 
 from .errors import CallbackRejected
 
@@ -71,11 +70,13 @@ def _clean(value: str) -> str:
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 
-def _query_fields() -> dict[str, str]:
+def _query_fields(environ: Mapping[str, Any]) -> dict[str, str]:
     """ClientIP, SdkAppid and CallbackCommand from the query (any case), if given."""
     wanted = {"clientip": "client_ip", "sdkappid": "sdk_app_id", "callbackcommand": "command"}
     found: dict[str, str] = {}
-    text = request.query_string.decode("utf-8", "replace")
+    # WSGI gives the raw query's bytes as latin-1 text.
+    raw = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
+    text = raw.decode("utf-8", "replace")
     for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
         field = wanted.get(name.lower())
         if field is not None and field not in found and value:
@@ -83,8 +84,9 @@ def _query_fields() -> dict[str, str]:
     return found
 
 
-def log_rejection(err: CallbackRejected) -> None:
-    """Log a refused request once, at WARNING: its reason, status and who sent it.
+def log_rejection(err: CallbackRejected, environ: Mapping[str, Any]) -> None:
+    """Log a refused request (its WSGI ``environ``) once, at WARNING: its reason, status and
+    who sent it.
 
     The fields are the request's remote address and what the query says (``ClientIP``,
     ``SdkAppid``, ``CallbackCommand``); never ``Sign``, ``RequestTime`` or the body.
@@ -93,8 +95,8 @@ def log_rejection(err: CallbackRejected) -> None:
         "reason": err.reason,
         "status": err.rejection.status,
         "error_code": err.rejection.error_code,
-        "remote_addr": request.remote_addr,
-        **_query_fields(),
+        "remote_addr": environ.get("REMOTE_ADDR"),
+        **_query_fields(environ),
     }
     source = str(fields["remote_addr"])
     if "client_ip" in fields:

@@ -11,6 +11,8 @@
   gunicorn's ``--preload``, in the master, before the workers are forked);
 - ``OA_TEST_FLAKY_DIR``: when set, the receiver ``flaky`` is connected: it raises the first
   time it sees a MsgKey (a marker file per key in that folder) and succeeds after that;
+- ``OA_TEST_RECORD_ROUTE``: when set, ``audit`` also writes ``route audit <pid> direct`` (or
+  ``flask``): whether the callback came through the direct route or through Flask's dispatch;
 - ``OA_TEST_BLOCK_UNTIL``: when set, ``mirror`` writes its ``start`` lines and then waits until
   that file exists (at most ``OA_TEST_BLOCK_SECONDS``, default 10) before it writes ``done``;
   tests use it to kill a worker mid-receiver, or to show that the answer went out first.
@@ -28,7 +30,7 @@ import os
 import time
 from typing import Any
 
-from flask import Flask
+from flask import Flask, has_request_context
 
 from flask_oa_recall import Callback, OARecall, RecallEvent, callback_received, messages_recalled
 from flask_oa_recall.state import get_state
@@ -48,8 +50,10 @@ def record(what: str, receiver: str, key: str) -> None:
 
 
 def audit(app: Flask, callback: Callback, **_: Any) -> None:
-    """Record every accepted callback, by delivery id."""
+    """Record every accepted callback, by delivery id (and its route, if asked)."""
     record("done", "audit", callback.delivery_id)
+    if os.environ.get("OA_TEST_RECORD_ROUTE"):
+        record("route", "audit", "flask" if has_request_context() else "direct")
 
 
 def mirror(app: Flask, event: RecallEvent, **_: Any) -> None:
