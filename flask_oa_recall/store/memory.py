@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import MISSING, fields
 from typing import Any
@@ -68,9 +69,11 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._deliveries: dict[str, Delivery] = {}
         self._messages: dict[MessageId, MessageState] = {}
-        # Both in the order they finished, oldest first: what to forget first.
-        self._finished_at: dict[MessageId, float] = {}
-        self._finished: dict[str, None] = {}
+        # Both in the order they finished, oldest first: what to forget first. OrderedDicts:
+        # a plain dict finds its first key again by skipping the slots of every key deleted
+        # before it, so forgetting the oldest one by one would cost more with each callback.
+        self._finished_at: OrderedDict[MessageId, float] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_deliveries = max_finished_deliveries
         self._max_messages = max_finished_messages
 
@@ -140,15 +143,13 @@ class MemoryStore:
                     self._finished_at.pop(message, None)
                     self._finished_at[message] = now
             while len(self._finished_at) > self._max_messages:
-                forgotten = next(iter(self._finished_at))
-                del self._finished_at[forgotten]
+                forgotten, _ = self._finished_at.popitem(last=False)
                 self._messages.pop(forgotten, None)
             self._finished.pop(delivery_id, None)
             if outcome.status in (DeliveryStatus.DONE, DeliveryStatus.DUPLICATE):
                 self._finished[delivery_id] = None
                 while len(self._finished) > self._max_deliveries:
-                    forgotten_id = next(iter(self._finished))
-                    del self._finished[forgotten_id]
+                    forgotten_id, _ = self._finished.popitem(last=False)
                     self._deliveries.pop(forgotten_id, None)
             self._deliveries[delivery_id] = _changed(
                 kept,
