@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
@@ -18,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
+from .checkpoint import BACKSTOP_PAGES, Checkpointer
 from .grouped import PendingOutcomes
 from .logic import MessageState, merge_receivers, release, try_claim
 
@@ -293,6 +295,9 @@ class SQLiteStore:
         the next delivery this process keeps, or by a thread after
         :data:`~flask_oa_recall.store.grouped.GROUP_SECONDS` without one; ``False`` records each
         outcome at once, in a transaction of its own.
+    :param background_checkpoints: WAL checkpoints run in a thread of the process
+        (:mod:`~flask_oa_recall.store.checkpoint`); ``False`` leaves them to SQLite, in the
+        commit that takes the WAL past 1000 pages.
     """
 
     layout_version = 2
@@ -303,6 +308,7 @@ class SQLiteStore:
         *,
         busy_timeout: float = 10.0,
         group_outcomes: bool = True,
+        background_checkpoints: bool = True,
     ) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
@@ -313,6 +319,16 @@ class SQLiteStore:
         self._outcomes: PendingOutcomes[_Finish] | None = (
             PendingOutcomes(self._record_batch, _report) if group_outcomes else None
         )
+        self._checkpointer: Checkpointer | None = None
+        if background_checkpoints:
+            store = weakref.ref(self)  # the checkpointer must not keep the store alive
+
+            def checkpoint() -> None:
+                alive = store()
+                if alive is not None:
+                    alive._checkpoint()
+
+            self._checkpointer = Checkpointer(checkpoint)
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -348,6 +364,8 @@ class SQLiteStore:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                if self._checkpointer is not None:
+                    conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 # On every new connection, not once per store: the file may have been replaced
                 # since (a deleted file, a fresh volume). Only when missing, so that a file that
                 # cannot be written can still be read (``flask oa-recall deliveries``).
@@ -400,6 +418,15 @@ class SQLiteStore:
             conn.execute("COMMIT")
         except BaseException as err:
             self._roll_back(conn, err)
+        self._committed()
+
+    def _committed(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+
+    def _checkpoint(self) -> None:
+        """One ``PASSIVE`` WAL checkpoint on this thread's connection (the checkpointer's)."""
+        self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def _begin_immediate(self) -> sqlite3.Connection:
         """This thread's connection, inside a new ``BEGIN IMMEDIATE`` transaction."""
@@ -517,6 +544,7 @@ class SQLiteStore:
         except BaseException as err:
             self._give_back(pending)
             self._roll_back(conn, err)
+        self._committed()
         return claim
 
     def _begin_with_held(self) -> tuple[sqlite3.Connection, list[_Finish]]:
@@ -559,6 +587,7 @@ class SQLiteStore:
             conn.execute("COMMIT")
         except BaseException as err:
             self._roll_back(conn, err)
+        self._committed()
 
     def _flush(self) -> None:
         """Record what :meth:`finish` held back, so that this process reads its own writes."""
@@ -613,6 +642,7 @@ class SQLiteStore:
         except BaseException as err:
             self._give_back(pending)
             self._roll_back(conn, err)
+        self._committed()
 
     def finish_soon(
         self,
