@@ -32,22 +32,26 @@ class Arrival:
 
 
 def read_body(open_body: Callable[[], IO[bytes]], declared: int | None, limit: int) -> bytes:
-    """Read at most ``limit`` bytes, with or without a Content-Length (``declared``)."""
+    """Read at most ``limit`` bytes, with or without a Content-Length (``declared``).
+
+    With a Content-Length, never more than it: a server's raw input stream (the direct route
+    reads it) may wait for bytes the client will never send on a kept-alive connection.
+    """
     if declared is not None and declared > limit:
         raise CallbackRejected("body_too_large")
+    # Without a Content-Length, one byte over the limit tells a body that is too large.
+    want = limit + 1 if declared is None else declared
     chunks: list[bytes] = []
     size = 0
     try:
         # Inside the try: with the host's MAX_CONTENT_LENGTH set, Werkzeug refuses here.
         stream = open_body()
-        while size <= limit:
-            chunk = stream.read(limit + 1 - size)
+        while size < want:
+            chunk = stream.read(want - size)
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-            if size == declared:
-                break  # all of it: no need for one more read to learn the body ended
     except ClientDisconnected:
         raise CallbackRejected("incomplete_body") from None
     except RequestEntityTooLarge:

@@ -9,6 +9,7 @@ endpoint).
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import os
@@ -177,6 +178,40 @@ def test_a_query_with_escapes_goes_through_flask_and_is_read_the_same(
     assert response.status_code == 200
     assert contexts.last() is True
     assert events[0].client_ip == "10.0.0.1/8"
+
+
+class ExactInput(io.RawIOBase):
+    """A server's raw input: ``data``, then a read past it fails (a real socket would wait)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._data:
+            raise RuntimeError("read past the Content-Length")
+        size = len(self._data) if size < 0 else size
+        chunk, self._data = self._data[:size], self._data[size:]
+        return chunk
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"", 40001), (b"[]", 40001), (json.dumps(recall_body(["r1"])).encode(), 0)],
+    ids=["empty", "short", "recall"],
+)
+def test_the_direct_route_never_reads_past_the_content_length(
+    app: Flask, contexts: Contexts, body: bytes, code: int
+) -> None:
+    response = app.test_client().post(
+        f"{PATH}?{signed_query(app)}",
+        data=body,
+        environ_overrides={"wsgi.input": ExactInput(body), "CONTENT_LENGTH": str(len(body))},
+    )
+    assert json.loads(response.data)["ErrorCode"] == code
+    assert contexts.last() is False
 
 
 def test_a_chunked_body_goes_through_flask(app: Flask, contexts: Contexts) -> None:
