@@ -193,3 +193,33 @@ def test_a_fork_leaves_the_parents_held_outcomes_to_the_parent() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert held.take() == ["parent's"]
+
+
+def test_outcomes_a_failed_keep_gave_back_are_retried_and_reported_with_no_new_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The next keep takes the held outcomes and fails (the store is down): it gives them back.
+    # The thread must try them again and report them, though no new outcome wakes it.
+    monkeypatch.setattr(grouped, "GROUP_SECONDS", 0.0)
+    monkeypatch.setattr(grouped, "RETRY_SECONDS", 0.05)
+    down = threading.Event()
+    down.set()
+    written: list[list[str]] = []
+    reported: list[tuple[list[str], str]] = []
+
+    def write(items: list[str]) -> None:
+        if down.is_set():
+            raise StoreError("the store is down")
+        written.append(items)
+
+    pending: grouped.PendingOutcomes[str] = grouped.PendingOutcomes(
+        write, lambda items, err: reported.append((list(items), str(err)))
+    )
+    with pending._lock:  # held, with no thread yet (as right after a keep took and failed)
+        pending._items.append("taken by a keep")
+    pending.give_back(pending.take())
+    wait_for(lambda: reported, timeout=5, what="the thread's report")
+    assert reported[0] == (["taken by a keep"], "the store is down")
+    down.clear()
+    wait_for(lambda: written, timeout=5, what="the retried write")
+    assert written == [["taken by a keep"]]

@@ -97,6 +97,10 @@ class PendingOutcomes(Generic[T]):
         with self._lock:
             self._items.append(item)
             self._trim()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Have the thread write what is held, after :data:`GROUP_SECONDS`."""
         if self._thread is None:
             self._start()
         if not self._wake.is_set():
@@ -111,12 +115,14 @@ class PendingOutcomes(Generic[T]):
         return items
 
     def give_back(self, items: list[T]) -> None:
-        """Return ``items`` that could not be written, ahead of newer ones."""
+        """Return ``items`` that could not be written, ahead of newer ones; the thread tries
+        them again (and reports them), even if no other outcome comes."""
         if not items:
             return
         with self._lock:
             self._items[:0] = items
             self._trim()
+        self._nudge()
 
     def flush(self) -> None:
         """Write what is pending now, in a transaction of its own (readers call this first),
@@ -193,12 +199,13 @@ def _run(ref: weakref.ReferenceType[PendingOutcomes[Any]]) -> None:
         if not woken:
             if pending._idle():
                 return
-            continue
-        wake.clear()
-        del pending
-        time.sleep(GROUP_SECONDS)
-        pending = ref()
-        if pending is None:
-            return
+            # Something is held and nothing woke the thread: write it now.
+        else:
+            wake.clear()
+            del pending
+            time.sleep(GROUP_SECONDS)
+            pending = ref()
+            if pending is None:
+                return
         pending._write_in_thread()
         del pending
