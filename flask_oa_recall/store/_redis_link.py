@@ -77,6 +77,26 @@ class Link:
             self.close()  # a reply may still be on its way: never reuse the connection
             raise
 
+    def call_many(self, commands: list[tuple[object, ...]]) -> list[Any]:
+        """Send ``commands`` at once (one round trip) and return their replies in order; an
+        error reply is returned (a ``ResponseError``), not raised."""
+        conn = self.conn
+        replies: list[Any] = []
+        try:
+            packed: list[bytes] = []
+            for command in commands:
+                packed += conn.pack_command(*command)
+            conn.send_packed_command(packed)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as err:
+                    replies.append(err)  # the error was the whole reply: still in step
+        except BaseException:
+            self.close()  # a reply may still be on its way: never reuse the connection
+            raise
+        return replies
+
     def close(self) -> None:
         """Disconnect; :meth:`ready` connects again."""
         self._connected = False
@@ -172,19 +192,39 @@ class HiredisLink(Link):
         """Send ``command``, return its reply; an error reply is raised (``ResponseError``)."""
         if self._fallback:
             return super().call(command)
+        (reply,) = self._exchange(self._pack(command), 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def call_many(self, commands: list[tuple[object, ...]]) -> list[Any]:
+        """Send ``commands`` at once (one round trip) and return their replies in order; an
+        error reply is returned (a ``ResponseError``), not raised."""
+        if self._fallback:
+            return super().call_many(commands)
+        return self._exchange(b"".join(map(self._pack, commands)), len(commands))
+
+    def _exchange(self, packed: bytes, count: int) -> list[Any]:
+        """Write ``packed`` and read ``count`` replies."""
         sock = self._sock
         reader = self._reader
         if sock is None:
             raise redis.ConnectionError("Connection closed by server.")
+        replies: list[Any] = []
         try:
-            sock.sendall(self._pack(command))
-            reply = reader.gets()
-            while reply is _NOT_ENOUGH_DATA:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    raise redis.ConnectionError("Connection closed by server.")
-                reader.feed(data)
+            sock.sendall(packed)
+            while len(replies) < count:
                 reply = reader.gets()
+                while reply is _NOT_ENOUGH_DATA:
+                    data = sock.recv(_READ_SIZE)
+                    if not data:
+                        raise redis.ConnectionError("Connection closed by server.")
+                    reader.feed(data)
+                    reply = reader.gets()
+                if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
+                    # e.g. "max number of clients reached": a ConnectionError
+                    raise reply
+                replies.append(reply)
         except TimeoutError as err:
             self.close()
             raise redis.TimeoutError("Timeout reading from or writing to socket") from err
@@ -194,11 +234,7 @@ class HiredisLink(Link):
         except BaseException:
             self.close()
             raise
-        if isinstance(reply, Exception):
-            if not isinstance(reply, redis.ResponseError):
-                self.close()  # e.g. "max number of clients reached": a ConnectionError
-            raise reply
-        return reply
+        return replies
 
     def close(self) -> None:
         """Disconnect; :meth:`ready` connects again."""

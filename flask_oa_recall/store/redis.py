@@ -25,12 +25,14 @@ Needs Redis 5.0 or later (scripts that write after ``TIME``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
@@ -46,6 +48,7 @@ from ..durability import Marker, Persistence, redis_persistence
 from ..errors import ConfigError, StoreError, UnknownDelivery
 from ._redis_link import Connection, HiredisLink, Link, hiredis_available
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
+from .grouped import PendingOutcomes
 from .url import redact_url
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
@@ -390,6 +393,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Finish:
+    """One outcome waiting to be recorded (see :meth:`RedisStore.finish_soon`): the
+    ``finish`` script's keys and arguments."""
+
+    delivery_id: str
+    keys: list[str]
+    args: list[str]
+    on_failure: Callable[[StoreError], None] | None = None
+    reported: bool = False
+
+
+def _report(held: list[_Finish], err: StoreError) -> None:
+    """Tell each caller once that its outcome could not be recorded (it is tried again)."""
+    for item in held:
+        if item.on_failure is not None and not item.reported:
+            item.reported = True
+            try:
+                item.on_failure(err)
+            except Exception:
+                logger.exception("reporting an unrecorded outcome failed")
+
+
 class RedisStore:
     """Deliveries in Redis, for apps that run on several hosts behind a load balancer.
 
@@ -404,11 +433,16 @@ class RedisStore:
     gunicorn worker gets connections of its own). ``begin``, ``finish`` and ``resume`` run on
     connections the store keeps itself, one per concurrent caller, built from the same URL
     options as the client's pool; everything else goes through the client.
+
+    :param group_outcomes: a live callback's outcome (:meth:`finish_soon`) is sent with the
+        next delivery this process keeps, in the same round trip (its script runs first), or
+        by a thread after :data:`~flask_oa_recall.store.grouped.GROUP_SECONDS` without one;
+        ``False`` sends each at once.
     """
 
     layout_version = 1
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, group_outcomes: bool = True) -> None:
         client_url, self.prefix = _split_url(url)
         self.url = _masked(url)
         self._client: redis.Redis = redis.Redis.from_url(
@@ -465,6 +499,9 @@ class RedisStore:
         self._prune = self._client.register_script(_PRUNE)
         self._marker_key = f"{tag}:marker"
         self._mark = self._client.register_script(_MARK)
+        self._outcomes: PendingOutcomes[_Finish] | None = (
+            PendingOutcomes(self._record_batch, _report) if group_outcomes else None
+        )
         _STORES.add(self)
 
     def __repr__(self) -> str:
@@ -565,6 +602,33 @@ class RedisStore:
         self._idle.append(link)
         return reply
 
+    def _run_many(self, calls: list[tuple[Script, list[str], list[str]]], what: str) -> list[Any]:
+        """Run scripts in one round trip (``EVALSHA`` each, ``EVAL`` for one the server
+        lacks); their replies in order, an error reply as a :class:`StoreError`."""
+        try:
+            link = self._link()
+        except redis.RedisError as err:
+            raise self._error(what, err) from err
+        commands: list[tuple[object, ...]] = [
+            (b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
+        ]
+        try:
+            replies = link.call_many(commands)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):
+                    script = calls[i][0]
+                    try:
+                        replies[i] = link.call((b"EVAL", script.script, *commands[i][2:]))
+                    except redis.ResponseError as err:
+                        replies[i] = err
+        except redis.RedisError as err:
+            raise self._error(what, err) from err  # the link closed its connection
+        self._idle.append(link)
+        return [
+            self._error(what, reply) if isinstance(reply, redis.ResponseError) else reply
+            for reply in replies
+        ]
+
     def _delivery_key(self, delivery_id: str) -> str:
         return self._delivery_prefix + delivery_id
 
@@ -605,11 +669,42 @@ class RedisStore:
         ]
         if delivery.official_account is not None:
             args.append(delivery.official_account)
-        flat = self._run(self._begin, keys, args, f"keep delivery {delivery.id}")
+        what = f"keep delivery {delivery.id}"
+        pending = self._outcomes.take() if self._outcomes is not None else []
+        if not pending:
+            flat = self._run(self._begin, keys, args, what)
+            return self._claim(delivery.msg_keys, flat, frozenset())
+        calls = [(self._finish, held.keys, held.args) for held in pending]
+        try:
+            *recorded, flat = self._run_many([*calls, (self._begin, keys, args)], what)
+        except StoreError:
+            self._outcomes.give_back(pending)  # type: ignore[union-attr]
+            raise
+        self._log_unrecorded(pending, recorded)
+        if isinstance(flat, StoreError):
+            raise flat
         return self._claim(delivery.msg_keys, flat, frozenset())
+
+    @staticmethod
+    def _log_unrecorded(pending: list[_Finish], replies: list[Any]) -> None:
+        for held, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, StoreError):  # the delivery was pruned meanwhile, say
+                logger.warning("outcome of delivery %s not recorded: %s", held.delivery_id, reply)
+
+    def _record_batch(self, pending: list[_Finish]) -> None:
+        """Send held-back outcomes in one round trip of their own."""
+        calls = [(self._finish, held.keys, held.args) for held in pending]
+        self._log_unrecorded(pending, self._run_many(calls, "record outcomes"))
+
+    def _flush(self) -> None:
+        """Send what :meth:`finish_soon` held back, so that this process reads its own
+        writes."""
+        if self._outcomes is not None:
+            self._outcomes.flush()
 
     def resume(self, delivery_id: str, lease_seconds: float) -> tuple[Delivery, Claim]:
         """Lease ``delivery_id`` again for a replay, in one script."""
+        self._flush()
         keys = [self._delivery_key(delivery_id), *(self._status[s] for s in _STATUS_KEYS)]
         args = [delivery_id, repr(float(lease_seconds)), self._message_prefix]
         answer = self._run(self._resume, keys, args, f"resume delivery {delivery_id}")
@@ -622,6 +717,34 @@ class RedisStore:
 
     def finish(self, delivery_id: str, claim: Claim, outcome: Outcome) -> None:
         """Record ``outcome`` and release the claims in one script (one round trip)."""
+        keys, args = self._finish_call(delivery_id, claim, outcome)
+        self._run(self._finish, keys, args, f"finish delivery {delivery_id}")
+
+    def finish_soon(
+        self,
+        delivery_id: str,
+        claim: Claim,
+        outcome: Outcome,
+        on_failure: Callable[[StoreError], None] | None = None,
+    ) -> None:
+        """:meth:`finish`, sent with the next delivery this process keeps (in the same round
+        trip, before it), or by a thread of the process soon after (see
+        :mod:`~flask_oa_recall.store.grouped`); at once without ``group_outcomes``.
+
+        Used for live callbacks, after their answer is decided. If the outcome cannot be
+        recorded, ``on_failure`` is called once (from that thread) and it is tried again (the
+        script merges, so running it twice records the same).
+        """
+        if self._outcomes is None:
+            self.finish(delivery_id, claim, outcome)
+            return
+        keys, args = self._finish_call(delivery_id, claim, outcome)
+        self._outcomes.add(_Finish(delivery_id, keys, args, on_failure))
+
+    def _finish_call(
+        self, delivery_id: str, claim: Claim, outcome: Outcome
+    ) -> tuple[list[str], list[str]]:
+        """The ``finish`` script's keys and arguments."""
         keys = [self._delivery_prefix + delivery_id]
         args = [
             delivery_id,
@@ -640,10 +763,11 @@ class RedisStore:
             if text is None:
                 text = encoded[id(names)] = _json_list(sorted(names))
             args += (key, text, "1" if key in failed else "0")
-        self._run(self._finish, keys, args, f"finish delivery {delivery_id}")
+        return keys, args
 
     def get(self, delivery_id: str) -> Delivery | None:
         """One delivery, or ``None``."""
+        self._flush()
         with self._errors(f"read delivery {delivery_id}"):
             fields = cast(dict[str, str], self._client.hgetall(self._delivery_key(delivery_id)))
         return _to_delivery(fields) if fields else None
@@ -654,6 +778,7 @@ class RedisStore:
         """Kept deliveries, newest first, optionally only those with one of ``statuses``."""
         if limit <= 0:
             return []
+        self._flush()
         if statuses:
             sets = sorted({self._status[s] for s in statuses if s in self._status})
             if not sets:
@@ -686,6 +811,7 @@ class RedisStore:
         keys = [self._all, self._mdone, *(self._status[s] for s in statuses)]
         args = [_score(before), str(_PRUNE_BATCH), self._delivery_prefix, self._message_prefix]
         total = 0
+        self._flush()
         self._check_layout()
         with self._errors("prune"):
             while True:
@@ -742,7 +868,12 @@ class RedisStore:
         )
 
     def close(self) -> None:
-        """Disconnect this process's connections; the store reconnects if used again."""
+        """Send held-back outcomes, then disconnect this process's connections; the store
+        reconnects if used again."""
+        try:
+            self._flush()
+        except StoreError as err:
+            logger.error("outcomes not recorded before closing; they stay pending: %s", err)
         with self._errors("close"):
             self._client.close()
             for link in list(self._links):
