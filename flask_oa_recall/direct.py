@@ -93,13 +93,15 @@ class DirectRoute:
         scopes = self.routes.get(environ.get("PATH_INFO", ""))
         if scopes is None or environ.get("REQUEST_METHOD") != "POST":
             return self._through_flask(app, environ, start_response)
+        state = get_state(app)
+        settings = state.settings(app.config)
+        if not settings.direct:
+            return self._through_flask(app, environ, start_response)
         declared = self._declared(app, environ)
         if declared is None or not self._plain(app, scopes, environ):
             return self._through_flask(app, environ, start_response)
         pairs = plain_query_pairs(environ.get("QUERY_STRING", ""))
-        state = get_state(app)
-        settings = state.settings(app.config)
-        if pairs is None or not settings.direct:
+        if pairs is None:
             return self._through_flask(app, environ, start_response)
         stream = environ["wsgi.input"]
         arrival = Arrival("POST", environ, declared, lambda: stream, pairs)
