@@ -20,12 +20,12 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import StoreError
 
-__all__ = ["GROUP_SECONDS", "MAX_PENDING", "PendingOutcomes"]
+__all__ = ["GROUP_SECONDS", "MAX_PENDING", "PendingOutcomes", "Reportable", "report_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,25 @@ IDLE_SECONDS = 5.0
 T = TypeVar("T")
 
 _everywhere: weakref.WeakSet[PendingOutcomes[Any]] = weakref.WeakSet()
+
+
+class Reportable(Protocol):
+    """A held outcome as the stores keep it: whom to tell of a failure, and whether told."""
+
+    on_failure: Callable[[StoreError], None] | None
+    reported: bool
+
+
+def report_once(held: Sequence[Reportable], err: StoreError) -> None:
+    """Tell each caller once that its outcome could not be recorded;
+    it is tried again."""
+    for item in held:
+        if item.on_failure is not None and not item.reported:
+            item.reported = True
+            try:
+                item.on_failure(err)
+            except Exception:
+                logger.exception("reporting an unrecorded outcome failed")
 
 
 def _forked() -> None:

@@ -48,7 +48,7 @@ from ..durability import Marker, Persistence, redis_persistence
 from ..errors import ConfigError, StoreError, UnknownDelivery
 from ._redis_link import Connection, HiredisLink, Link, hiredis_available
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
-from .grouped import PendingOutcomes
+from .grouped import PendingOutcomes, report_once
 from .url import redact_url
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
@@ -408,17 +408,6 @@ class _Finish:
     reported: bool = False
 
 
-def _report(held: list[_Finish], err: StoreError) -> None:
-    """Tell each caller once that its outcome could not be recorded (it is tried again)."""
-    for item in held:
-        if item.on_failure is not None and not item.reported:
-            item.reported = True
-            try:
-                item.on_failure(err)
-            except Exception:
-                logger.exception("reporting an unrecorded outcome failed")
-
-
 class RedisStore:
     """Deliveries in Redis, for apps that run on several hosts behind a load balancer.
 
@@ -500,7 +489,7 @@ class RedisStore:
         self._marker_key = f"{tag}:marker"
         self._mark = self._client.register_script(_MARK)
         self._outcomes: PendingOutcomes[_Finish] | None = (
-            PendingOutcomes(self._record_batch, _report) if group_outcomes else None
+            PendingOutcomes(self._record_batch, report_once) if group_outcomes else None
         )
         _STORES.add(self)
 

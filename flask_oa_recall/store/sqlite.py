@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from ..errors import StoreError, UnknownDelivery
 from .base import Claim, Delivery, DeliveryBusy, DeliveryStatus, NewDelivery, Outcome, newer_layout
 from .checkpoint import BACKSTOP_PAGES, Checkpointer
-from .grouped import PendingOutcomes
+from .grouped import PendingOutcomes, report_once
 from .logic import MessageState, merge_receivers, release, try_claim
 
 __all__ = ["SQLiteStore"]
@@ -273,17 +273,6 @@ class _Finish:
     reported: bool = False
 
 
-def _report(held: list[_Finish], err: StoreError) -> None:
-    """Tell each caller once that its outcome could not be recorded (it is tried again)."""
-    for item in held:
-        if item.on_failure is not None and not item.reported:
-            item.reported = True
-            try:
-                item.on_failure(err)
-            except Exception:
-                logger.exception("reporting an unrecorded outcome failed")
-
-
 class SQLiteStore:
     """Deliveries in a SQLite file.
 
@@ -317,7 +306,7 @@ class SQLiteStore:
         #: Whether this SQLite has ``json_each`` (built in since 3.38, usually before).
         self._json_each = _has_json_each()
         self._outcomes: PendingOutcomes[_Finish] | None = (
-            PendingOutcomes(self._record_batch, _report) if group_outcomes else None
+            PendingOutcomes(self._record_batch, report_once) if group_outcomes else None
         )
         self._checkpointer: Checkpointer | None = None
         if background_checkpoints:
