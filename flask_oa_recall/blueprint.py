@@ -45,11 +45,10 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 def _query_pairs() -> list[tuple[str, str]]:
     """The query's name/value pairs in order; raw bytes that are not UTF-8 become U+FFFD."""
-    raw = request.query_string
-    if raw.isascii():
-        plain = plain_query_pairs(raw.decode("ascii"))
-        if plain is not None:
-            return plain
+    # WSGI gives the raw query's bytes as latin-1 text: ASCII only when the bytes are.
+    plain = plain_query_pairs(request.environ.get("QUERY_STRING", ""))
+    if plain is not None:
+        return plain
     try:
         return list(request.args.items(multi=True))
     except UnicodeDecodeError:

@@ -566,34 +566,22 @@ class RedisStore:
         self._ready = False
 
     def _run(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
-        """Run ``script`` in one round trip: ``EVALSHA`` (``EVAL`` if the server lacks the
-        script, e.g. after a restart), on a connection of the store's own.
-
-        One script per callback step, so this skips what the client does around each command
-        (pool bookkeeping, retry wrapper, observability hooks); connections are checked,
-        never retried, and errors become :class:`StoreError` as everywhere else.
-        """
-        try:
-            link = self._link()
-        except redis.RedisError as err:
-            raise self._error(what, err) from err
-        command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            try:
-                reply = link.call(command)
-            except NoScriptError:
-                reply = link.call((b"EVAL", script.script, *command[2:]))
-        except redis.ResponseError as err:
-            self._idle.append(link)  # the error was the whole reply: the link is in step
-            raise self._error(what, err) from err
-        except redis.RedisError as err:
-            raise self._error(what, err) from err  # the link closed its connection
-        self._idle.append(link)
+        """Run ``script`` in one round trip (see :meth:`_run_many`); an error reply is raised
+        as a :class:`StoreError`."""
+        (reply,) = self._run_many([(script, keys, args)], what)
+        if isinstance(reply, StoreError):
+            raise reply
         return reply
 
     def _run_many(self, calls: list[tuple[Script, list[str], list[str]]], what: str) -> list[Any]:
-        """Run scripts in one round trip (``EVALSHA`` each, ``EVAL`` for one the server
-        lacks); their replies in order, an error reply as a :class:`StoreError`."""
+        """Run scripts in one round trip (``EVALSHA`` each, ``EVAL`` for one the server lacks,
+        e.g. after a restart), on a connection of the store's own; their replies in order, an
+        error reply as a :class:`StoreError`.
+
+        One round trip per callback step, so this skips what the client does around each
+        command (pool bookkeeping, retry wrapper, observability hooks); connections are checked,
+        never retried, and errors become :class:`StoreError` as everywhere else.
+        """
         try:
             link = self._link()
         except redis.RedisError as err:
@@ -612,11 +600,16 @@ class RedisStore:
                         replies[i] = err
         except redis.RedisError as err:
             raise self._error(what, err) from err  # the link closed its connection
-        self._idle.append(link)
+        self._idle.append(link)  # an error reply is the whole reply: the link is in step
         return [
-            self._error(what, reply) if isinstance(reply, redis.ResponseError) else reply
+            self._error_from(what, reply) if isinstance(reply, redis.ResponseError) else reply
             for reply in replies
         ]
+
+    def _error_from(self, what: str, err: redis.ResponseError) -> StoreError:
+        error = self._error(what, err)
+        error.__cause__ = err
+        return error
 
     def _delivery_key(self, delivery_id: str) -> str:
         return self._delivery_prefix + delivery_id
